@@ -1,0 +1,57 @@
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::CellError;
+
+/// The recurrent state of the mLSTM cell, per batch entry and head.
+#[derive(Debug, Clone)]
+pub struct MlstmState<B: Backend> {
+    /// Matrix memory `C = Σ i·f… k vᵀ` with keys scaled by `1/sqrt(DQK)`: `[B, NH, DQK, DV]`.
+    pub c: Tensor<B, 4>,
+    /// Normaliser `n = Σ i·f… k`: `[B, NH, DQK]`.
+    pub n: Tensor<B, 3>,
+    /// Stabiliser `m` (log scale of `C` and `n`): `[B, NH]`.
+    pub m: Tensor<B, 2>,
+}
+
+impl<B: Backend> MlstmState<B> {
+    /// The official initial state: `C = 0`, `n = 0`, `m = 0`.
+    pub fn zeros(
+        batch: usize,
+        heads: usize,
+        dqk: usize,
+        dv: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            c: Tensor::zeros([batch, heads, dqk, dv], device),
+            n: Tensor::zeros([batch, heads, dqk], device),
+            m: Tensor::zeros([batch, heads], device),
+        }
+    }
+
+    /// An empty memory: `C = 0`, `n = 0` and `m = -∞` (in practice [`xlstm_gating::M_EMPTY`]),
+    /// which contributes nothing to any output. This is what the official *parallel* form
+    /// starts from; the official recurrent and chunkwise forms start from [`Self::zeros`].
+    pub fn empty(batch: usize, heads: usize, dqk: usize, dv: usize, device: &B::Device) -> Self {
+        let mut state = Self::zeros(batch, heads, dqk, dv, device);
+        state.m = Tensor::full([batch, heads], xlstm_gating::M_EMPTY, device);
+        state
+    }
+
+    /// `[B, NH, DQK, DV]` of this state.
+    pub fn dims(&self) -> [usize; 4] {
+        self.c.dims()
+    }
+
+    /// Error unless this state fits `[batch, heads, dqk, dv]`.
+    pub fn check(&self, batch: usize, heads: usize, dqk: usize, dv: usize) -> Result<(), CellError> {
+        CellError::check_shape("state.c", &self.c.dims(), &[batch, heads, dqk, dv], "B, NH, DQK, DV")?;
+        CellError::check_shape("state.n", &self.n.dims(), &[batch, heads, dqk], "B, NH, DQK")?;
+        CellError::check_shape("state.m", &self.m.dims(), &[batch, heads], "B, NH")
+    }
+
+    /// Detach every tensor from the autodiff graph (truncated backpropagation through time).
+    pub fn detach(self) -> Self {
+        Self { c: self.c.detach(), n: self.n.detach(), m: self.m.detach() }
+    }
+}
