@@ -1,0 +1,1 @@
+//! Runnable examples: see `cargo run --release -p xlstm-examples --example NAME`.
