@@ -1,1 +1,17 @@
-//! Placeholder: built by its issue.
+//! The xLSTM primitives as a backend extension.
+//!
+//! [`SlstmBackend`] and [`MlstmBackend`] have one method per fused primitive; their default
+//! methods are the tensor-op reference of `xlstm-cells`, so every burn backend works. Backends
+//! with a kernel (burn's cube backends: CUDA, wgpu/Vulkan/Metal) override them. Models are
+//! written against [`XlstmBackend`] and never name a kernel.
+
+pub mod mlstm;
+pub mod slstm;
+
+pub use mlstm::MlstmBackend;
+pub use slstm::SlstmBackend;
+
+/// A backend with every xLSTM primitive (implemented for all backends that have both).
+pub trait XlstmBackend: SlstmBackend + MlstmBackend {}
+
+impl<B: SlstmBackend + MlstmBackend> XlstmBackend for B {}
