@@ -11,7 +11,10 @@ pub struct CellError {
 
 impl CellError {
     pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
+        Self {
+            field,
+            message: message.into(),
+        }
     }
 
     /// Error unless `found == expected`, naming `field` and the meaning of each axis.
@@ -24,7 +27,10 @@ impl CellError {
         if found == expected {
             Ok(())
         } else {
-            Err(Self::new(field, format!("expected shape {expected:?} ({axes}), found {found:?}")))
+            Err(Self::new(
+                field,
+                format!("expected shape {expected:?} ({axes}), found {found:?}"),
+            ))
         }
     }
 }

@@ -18,9 +18,15 @@ fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
 
 /// `[.., S]` noise with standard deviation `sd` around `mean`, clamped to ±1e3, with every
 /// `period`-th token set to `spike`.
-fn gate_preacts<const D: usize>(shape: [usize; D], mean: f64, sd: f64, spikes: &[(usize, f64)]) -> Tensor<B, D> {
+fn gate_preacts<const D: usize>(
+    shape: [usize; D],
+    mean: f64,
+    sd: f64,
+    spikes: &[(usize, f64)],
+) -> Tensor<B, D> {
     let device = Default::default();
-    let noise = Tensor::<B, D>::random(shape, Distribution::Normal(mean, sd), &device).clamp(-1e3, 1e3);
+    let noise =
+        Tensor::<B, D>::random(shape, Distribution::Normal(mean, sd), &device).clamp(-1e3, 1e3);
     let s = shape[D - 1];
     let mut data = Array::from_tensor(noise);
     for (idx, x) in data.values.iter_mut().enumerate() {
@@ -43,7 +49,8 @@ fn gate_preacts<const D: usize>(shape: [usize; D], mean: f64, sd: f64, spikes: &
 /// and ours 4.2e-2).
 fn extreme_mlstm_inputs(b: usize, nh: usize, s: usize, d: usize) -> MlstmInputs<B> {
     let device = Default::default();
-    let normal = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let normal =
+        |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     MlstmInputs {
         q: normal([b, nh, s, d]).abs(),
         k: normal([b, nh, s, d]).abs(),
@@ -56,7 +63,11 @@ fn extreme_mlstm_inputs(b: usize, nh: usize, s: usize, d: usize) -> MlstmInputs<
 fn mlstm_reference(x: &MlstmInputs<B>) -> (Vec<f64>, Vec<f64>) {
     let [b, nh, s, dqk, dv] = x.dims().unwrap();
     reference::mlstm(
-        &values(&x.q), &values(&x.k), &values(&x.v), &values(&x.i_preact), &values(&x.f_preact),
+        &values(&x.q),
+        &values(&x.k),
+        &values(&x.v),
+        &values(&x.i_preact),
+        &values(&x.f_preact),
         (b, nh, s, dqk, dv),
     )
 }
@@ -65,7 +76,10 @@ fn assert_matches(what: &str, got: Vec<f64>, want: &[f64], bound: f64) {
     let bad = got.iter().filter(|v| !v.is_finite()).count();
     assert_eq!(bad, 0, "{what}: {bad} non-finite values");
     let err = rel_l2(&got, want);
-    assert!(err <= bound, "{what}: relative L2 error {err:.3e} against float64 > {bound:.0e}");
+    assert!(
+        err <= bound,
+        "{what}: relative L2 error {err:.3e} against float64 > {bound:.0e}"
+    );
 }
 
 #[test]
@@ -102,7 +116,8 @@ fn slstm_over_16k_tokens_with_extreme_gates_matches_float64() {
     B::seed(&device, 9);
     let (nh, dh) = (2, 4);
     let hid = nh * dh;
-    let normal = |sd: f64| Tensor::<B, 3>::random([1, LONG, hid], Distribution::Normal(0.0, sd), &device);
+    let normal =
+        |sd: f64| Tensor::<B, 3>::random([1, LONG, hid], Distribution::Normal(0.0, sd), &device);
     // [B, S, H] per gate, S last for the spikes, then concatenated gate-major.
     let i = gate_preacts([1, hid, LONG], 0.0, 300.0, &[(11, 1e3)]).swap_dims(1, 2);
     let f = gate_preacts([1, hid, LONG], 3.0, 2.0, &[(89, -1e3)]).swap_dims(1, 2);
@@ -111,7 +126,12 @@ fn slstm_over_16k_tokens_with_extreme_gates_matches_float64() {
         r: Tensor::random([nh, dh, 4 * dh], Distribution::Normal(0.0, 0.5), &device),
         b: Tensor::random([4 * hid], Distribution::Normal(0.0, 0.5), &device),
     };
-    let (h64, n64) = reference::slstm(&values(&wx), &values(&weights.r), &values(&weights.b), (1, LONG, nh, dh));
+    let (h64, n64) = reference::slstm(
+        &values(&wx),
+        &values(&weights.r),
+        &values(&weights.b),
+        (1, LONG, nh, dh),
+    );
     let (h, st) = slstm::sequence(wx, &weights, None).unwrap();
     // Sums `m + log f` of magnitude 1e3 are resolved to 6e-5 in f32 (its spacing there), and
     // `c` sums signed `tanh(z)`: 1e-5 would be below the arithmetic's resolution here.

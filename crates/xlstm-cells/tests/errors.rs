@@ -34,8 +34,14 @@ fn mlstm_names_the_misshaped_argument() {
     assert_eq!(err.field, "state.c");
     assert!(err.to_string().contains("[2, 3, 4, 6]"), "{err}");
 
-    assert_eq!(mlstm::chunkwise(&x, None, 0).unwrap_err().field, "chunk_size");
-    assert_eq!(mlstm::parallel(&inputs(0, 4, 6), None).unwrap_err().field, "q");
+    assert_eq!(
+        mlstm::chunkwise(&x, None, 0).unwrap_err().field,
+        "chunk_size"
+    );
+    assert_eq!(
+        mlstm::parallel(&inputs(0, 4, 6), None).unwrap_err().field,
+        "q"
+    );
 
     let err = mlstm::step::<B>(
         Tensor::zeros([2, 3, 4], &d),
@@ -52,16 +58,35 @@ fn mlstm_names_the_misshaped_argument() {
 #[test]
 fn slstm_names_the_misshaped_argument() {
     let d = Default::default();
-    let weights = SlstmWeights::<B> { r: Tensor::zeros([2, 3, 12], &d), b: Tensor::zeros([24], &d) };
+    let weights = SlstmWeights::<B> {
+        r: Tensor::zeros([2, 3, 12], &d),
+        b: Tensor::zeros([24], &d),
+    };
     // Width 4·H must be 24.
     let err = slstm::sequence(Tensor::zeros([1, 5, 20], &d), &weights, None).unwrap_err();
     assert_eq!(err.field, "wx");
 
-    let bad_r = SlstmWeights::<B> { r: Tensor::zeros([2, 3, 10], &d), b: Tensor::zeros([24], &d) };
-    assert_eq!(slstm::step(Tensor::zeros([1, 24], &d), &bad_r, None).unwrap_err().field, "r");
+    let bad_r = SlstmWeights::<B> {
+        r: Tensor::zeros([2, 3, 10], &d),
+        b: Tensor::zeros([24], &d),
+    };
+    assert_eq!(
+        slstm::step(Tensor::zeros([1, 24], &d), &bad_r, None)
+            .unwrap_err()
+            .field,
+        "r"
+    );
 
-    let bad_b = SlstmWeights::<B> { r: Tensor::zeros([2, 3, 12], &d), b: Tensor::zeros([12], &d) };
-    assert_eq!(slstm::step(Tensor::zeros([1, 24], &d), &bad_b, None).unwrap_err().field, "b");
+    let bad_b = SlstmWeights::<B> {
+        r: Tensor::zeros([2, 3, 12], &d),
+        b: Tensor::zeros([12], &d),
+    };
+    assert_eq!(
+        slstm::step(Tensor::zeros([1, 24], &d), &bad_b, None)
+            .unwrap_err()
+            .field,
+        "b"
+    );
 
     let mut state = SlstmState::<B>::zeros(1, 6, &d);
     state.m = Tensor::zeros([2, 6], &d);

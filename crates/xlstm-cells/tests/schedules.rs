@@ -11,7 +11,10 @@ use xlstm_golden::{TestAutodiffBackend, TestBackend as B};
 
 const BOUND: f64 = 2e-5;
 
-fn recurrent<B: Backend>(x: &MlstmInputs<B>, state: Option<MlstmState<B>>) -> (Tensor<B, 4>, MlstmState<B>) {
+fn recurrent<B: Backend>(
+    x: &MlstmInputs<B>,
+    state: Option<MlstmState<B>>,
+) -> (Tensor<B, 4>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().unwrap();
     let mut state = state;
     let mut hs = vec![];
@@ -49,8 +52,18 @@ fn parallel_chunkwise_and_recurrent_agree_from_a_given_state() {
         let (h_rec, st_rec) = recurrent(&x, Some(state.clone()));
         let (h_par, st_par) = mlstm::parallel(&x, Some(state.clone())).unwrap();
         let (h_chk, st_chk) = mlstm::chunkwise(&x, Some(state), chunk).unwrap();
-        assert_close(&format!("{what}: parallel vs recurrent h"), h_par, h_rec.clone(), BOUND);
-        assert_close(&format!("{what}: chunkwise vs recurrent h"), h_chk, h_rec, BOUND);
+        assert_close(
+            &format!("{what}: parallel vs recurrent h"),
+            h_par,
+            h_rec.clone(),
+            BOUND,
+        );
+        assert_close(
+            &format!("{what}: chunkwise vs recurrent h"),
+            h_chk,
+            h_rec,
+            BOUND,
+        );
         assert_states_close(&format!("{what}: parallel state"), st_par, st_rec.clone());
         assert_states_close(&format!("{what}: chunkwise state"), st_chk, st_rec);
     }
@@ -72,14 +85,21 @@ fn chunkwise_and_recurrent_agree_from_the_official_zero_state() {
 #[test]
 fn chunkwise_over_two_pieces_equals_one_pass() {
     let device = Default::default();
-    for (seed, &(b, nh, s, dqk, dv, chunk)) in MLSTM_SHAPES.iter().enumerate().filter(|(_, sh)| sh.2 > 1) {
+    for (seed, &(b, nh, s, dqk, dv, chunk)) in
+        MLSTM_SHAPES.iter().enumerate().filter(|(_, sh)| sh.2 > 1)
+    {
         B::seed(&device, 200 + seed as u64);
         let x = mlstm_inputs::<B>(b, nh, s, dqk, dv, &device);
         let split = s / 2 + 1; // odd splits, not aligned to the chunk
         let (h_all, st_all) = mlstm::chunkwise(&x, None, chunk).unwrap();
         let (h1, st1) = mlstm::chunkwise(&x.narrow(0, split), None, chunk).unwrap();
         let (h2, st2) = mlstm::chunkwise(&x.narrow(split, s - split), Some(st1), chunk).unwrap();
-        assert_close(&format!("S{s} split {split}: h"), Tensor::cat(vec![h1, h2], 2), h_all, BOUND);
+        assert_close(
+            &format!("S{s} split {split}: h"),
+            Tensor::cat(vec![h1, h2], 2),
+            h_all,
+            BOUND,
+        );
         assert_states_close(&format!("S{s} split {split}"), st2, st_all);
     }
 }
@@ -103,7 +123,11 @@ fn chunkwise_gradients_equal_parallel_gradients() {
         let run = |chunked: bool| {
             let x = tracked(&x);
             let c0 = st.c.clone().detach().require_grad();
-            let state = MlstmState { c: c0.clone(), n: st.n.clone(), m: st.m.clone() };
+            let state = MlstmState {
+                c: c0.clone(),
+                n: st.n.clone(),
+                m: st.m.clone(),
+            };
             let (h, last) = if chunked {
                 mlstm::chunkwise(&x, Some(state), chunk).unwrap()
             } else {
@@ -122,7 +146,10 @@ fn chunkwise_gradients_equal_parallel_gradients() {
             ]
         };
         let (par, chk) = (run(false), run(true));
-        for (name, (p, c)) in ["q", "k", "v", "i", "f", "C0"].iter().zip(par.into_iter().zip(chk)) {
+        for (name, (p, c)) in ["q", "k", "v", "i", "f", "C0"]
+            .iter()
+            .zip(par.into_iter().zip(chk))
+        {
             assert_close(&format!("S{s} chunk{chunk}: grad {name}"), c, p, 1e-4);
         }
     }
@@ -143,19 +170,37 @@ fn slstm_sequence_equals_repeated_steps_and_pieces() {
         let mut st = state;
         let mut hs = vec![];
         for t in 0..s {
-            let (h, next) = slstm::step(wx.clone().narrow(1, t, 1).reshape([b, 4 * hidden]), &weights, Some(st)).unwrap();
+            let (h, next) = slstm::step(
+                wx.clone().narrow(1, t, 1).reshape([b, 4 * hidden]),
+                &weights,
+                Some(st),
+            )
+            .unwrap();
             hs.push(h);
             st = next;
         }
-        assert_close(&format!("{what}: h"), h_seq.clone(), Tensor::stack(hs, 1), 1e-6);
+        assert_close(
+            &format!("{what}: h"),
+            h_seq.clone(),
+            Tensor::stack(hs, 1),
+            1e-6,
+        );
         assert_close(&format!("{what}: c"), st_seq.c.clone(), st.c, 1e-6);
 
         if s > 1 {
             let split = s / 2;
-            let (h1, st1) = slstm::sequence(wx.clone().narrow(1, 0, split), &weights, None).unwrap();
-            let (h2, st2) = slstm::sequence(wx.clone().narrow(1, split, s - split), &weights, Some(st1)).unwrap();
+            let (h1, st1) =
+                slstm::sequence(wx.clone().narrow(1, 0, split), &weights, None).unwrap();
+            let (h2, st2) =
+                slstm::sequence(wx.clone().narrow(1, split, s - split), &weights, Some(st1))
+                    .unwrap();
             let (h_all, st_all) = slstm::sequence(wx, &weights, None).unwrap();
-            assert_close(&format!("{what}: pieces h"), Tensor::cat(vec![h1, h2], 1), h_all, 1e-6);
+            assert_close(
+                &format!("{what}: pieces h"),
+                Tensor::cat(vec![h1, h2], 1),
+                h_all,
+                1e-6,
+            );
             assert_close(&format!("{what}: pieces n"), st2.n, st_all.n, 1e-6);
             assert_close(&format!("{what}: pieces m"), st2.m, st_all.m, 1e-6);
         }

@@ -23,8 +23,15 @@ mod tests {
         let got: Vec<f64> = log_forget_gate(t).into_data().to_vec().unwrap();
         for (x, g) in xs.iter().zip(got) {
             // log σ(x) = -log(1 + e^{-x}), written so that neither branch overflows.
-            let want = if *x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() };
-            assert!((g - want).abs() <= 1e-12 * (1.0 + want.abs()), "x={x}: {g} vs {want}");
+            let want = if *x >= 0.0 {
+                -(-x).exp().ln_1p()
+            } else {
+                x - x.exp().ln_1p()
+            };
+            assert!(
+                (g - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "x={x}: {g} vs {want}"
+            );
         }
     }
 }

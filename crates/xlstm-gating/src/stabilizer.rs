@@ -64,7 +64,10 @@ mod tests {
             let want_m = (log_f[k] + m_prev[k]).max(i_pre[k]);
             assert_eq!(m[k], want_m);
             assert!((0.0..=1.0).contains(&gi[k]) && (0.0..=1.0).contains(&gf[k]));
-            assert!(gi[k] == 1.0 || gf[k] == 1.0, "one of the two exponents is 0");
+            assert!(
+                gi[k] == 1.0 || gf[k] == 1.0,
+                "one of the two exponents is 0"
+            );
             // log i' - log f' = ĩ - log f - m_prev, whenever both are representable.
             if gi[k] > 1e-300 && gf[k] > 1e-300 {
                 let lhs = gi[k].ln() - gf[k].ln();

@@ -10,8 +10,14 @@ pub struct Array {
 impl Array {
     /// As a tensor of backend `B` (converted to its float type), shape checked against `D`.
     pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
-        assert_eq!(self.shape.len(), D, "golden tensor of shape {:?} read as rank {D}", self.shape);
-        let data = TensorData::new(self.values.clone(), self.shape.clone()).convert::<B::FloatElem>();
+        assert_eq!(
+            self.shape.len(),
+            D,
+            "golden tensor of shape {:?} read as rank {D}",
+            self.shape
+        );
+        let data =
+            TensorData::new(self.values.clone(), self.shape.clone()).convert::<B::FloatElem>();
         Tensor::from_data(data, device)
     }
 
@@ -33,7 +39,12 @@ impl Array {
 /// Panics when the lengths differ: comparing tensors of different sizes is a bug in the test.
 pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "compared tensors differ in size");
-    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum::<f64>().sqrt();
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w) * (g - w))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     if got.iter().any(|g| !g.is_finite()) {
         return f64::INFINITY;

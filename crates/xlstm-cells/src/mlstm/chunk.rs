@@ -51,7 +51,11 @@ pub(crate) fn scan<B: Backend>(
     // Chunk-boundary states, recurrently (the only sequential part).
     let f_last = f_last.reshape([b, nh, nc]);
     let m_loc = m_loc.reshape([b, nh, nc]);
-    let MlstmState { mut c, mut n, mut m } = state;
+    let MlstmState {
+        mut c,
+        mut n,
+        mut m,
+    } = state;
     let (mut c_start, mut n_start, mut m_start) = (vec![], vec![], vec![]);
     for chunk in 0..nc {
         c_start.push(c.clone());
@@ -64,7 +68,8 @@ pub(crate) fn scan<B: Backend>(
         let gain = (m_in - m_new.clone()).exp();
         let kv_chunk = kv.clone().narrow(2, chunk, 1).reshape([b, nh, dqk, dv]);
         let k_chunk = k_sum.clone().narrow(2, chunk, 1).reshape([b, nh, dqk]);
-        c = c * decay.clone().reshape([b, nh, 1, 1]) + kv_chunk * gain.clone().reshape([b, nh, 1, 1]);
+        c = c * decay.clone().reshape([b, nh, 1, 1])
+            + kv_chunk * gain.clone().reshape([b, nh, 1, 1]);
         n = n * decay.reshape([b, nh, 1]) + k_chunk * gain.reshape([b, nh, 1]);
         m = m_new;
     }
@@ -76,7 +81,10 @@ pub(crate) fn scan<B: Backend>(
     // Gate matrix log D[t, s] = F_t - F_s + ĩ_s for s ≤ t.
     let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &device);
     let log_d = seg + log_i.unsqueeze_dim::<5>(3);
-    let log_d = log_d.mask_fill(causal.unsqueeze::<5>().expand([b, nh, nc, len, len]), M_EMPTY);
+    let log_d = log_d.mask_fill(
+        causal.unsqueeze::<5>().expand([b, nh, nc, len, len]),
+        M_EMPTY,
+    );
     let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // m₀ + F_t
     let stab = log_d.clone().max_dim(4).max_pair(log_start.clone()); // [B, NH, NC, L, 1]
 
@@ -95,10 +103,16 @@ pub(crate) fn scan<B: Backend>(
 /// cumulative sums reach -1e5 and their difference would lose all digits in f32.
 fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
     let [b, nh, nc, len] = log_f.dims();
-    let above_or_on_diagonal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], -1, &log_f.device());
+    let above_or_on_diagonal: Tensor<B, 2, Bool> =
+        Tensor::tril_mask([len, len], -1, &log_f.device());
     log_f
         .unsqueeze_dim::<5>(4)
         .expand([b, nh, nc, len, len])
-        .mask_fill(above_or_on_diagonal.unsqueeze::<5>().expand([b, nh, nc, len, len]), 0.0)
+        .mask_fill(
+            above_or_on_diagonal
+                .unsqueeze::<5>()
+                .expand([b, nh, nc, len, len]),
+            0.0,
+        )
         .cumsum(3)
 }

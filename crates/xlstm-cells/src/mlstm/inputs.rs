@@ -23,7 +23,14 @@ impl<B: Backend> MlstmInputs<B> {
         let [b, nh, s, dqk] = self.q.dims();
         let dv = self.v.dims()[3];
         if b == 0 || nh == 0 || dqk == 0 || dv == 0 {
-            return Err(CellError::new("q", format!("every dimension must be positive, found q {:?}, v {:?}", self.q.dims(), self.v.dims())));
+            return Err(CellError::new(
+                "q",
+                format!(
+                    "every dimension must be positive, found q {:?}, v {:?}",
+                    self.q.dims(),
+                    self.v.dims()
+                ),
+            ));
         }
         CellError::check_shape("k", &self.k.dims(), &[b, nh, s, dqk], "B, NH, S, DQK as q")?;
         CellError::check_shape("v", &self.v.dims(), &[b, nh, s, dv], "B, NH, S as q")?;

@@ -52,7 +52,10 @@ pub fn chunkwise<B: Backend>(
 fn checked_dims<B: Backend>(x: &MlstmInputs<B>) -> Result<[usize; 5], CellError> {
     let dims = x.dims()?;
     if dims[2] == 0 {
-        return Err(CellError::new("q", "the sequence length S must be at least 1"));
+        return Err(CellError::new(
+            "q",
+            "the sequence length S must be at least 1",
+        ));
     }
     Ok(dims)
 }

@@ -15,13 +15,7 @@ pub struct MlstmState<B: Backend> {
 
 impl<B: Backend> MlstmState<B> {
     /// The official initial state: `C = 0`, `n = 0`, `m = 0`.
-    pub fn zeros(
-        batch: usize,
-        heads: usize,
-        dqk: usize,
-        dv: usize,
-        device: &B::Device,
-    ) -> Self {
+    pub fn zeros(batch: usize, heads: usize, dqk: usize, dv: usize, device: &B::Device) -> Self {
         Self {
             c: Tensor::zeros([batch, heads, dqk, dv], device),
             n: Tensor::zeros([batch, heads, dqk], device),
@@ -44,14 +38,34 @@ impl<B: Backend> MlstmState<B> {
     }
 
     /// Error unless this state fits `[batch, heads, dqk, dv]`.
-    pub fn check(&self, batch: usize, heads: usize, dqk: usize, dv: usize) -> Result<(), CellError> {
-        CellError::check_shape("state.c", &self.c.dims(), &[batch, heads, dqk, dv], "B, NH, DQK, DV")?;
-        CellError::check_shape("state.n", &self.n.dims(), &[batch, heads, dqk], "B, NH, DQK")?;
+    pub fn check(
+        &self,
+        batch: usize,
+        heads: usize,
+        dqk: usize,
+        dv: usize,
+    ) -> Result<(), CellError> {
+        CellError::check_shape(
+            "state.c",
+            &self.c.dims(),
+            &[batch, heads, dqk, dv],
+            "B, NH, DQK, DV",
+        )?;
+        CellError::check_shape(
+            "state.n",
+            &self.n.dims(),
+            &[batch, heads, dqk],
+            "B, NH, DQK",
+        )?;
         CellError::check_shape("state.m", &self.m.dims(), &[batch, heads], "B, NH")
     }
 
     /// Detach every tensor from the autodiff graph (truncated backpropagation through time).
     pub fn detach(self) -> Self {
-        Self { c: self.c.detach(), n: self.n.detach(), m: self.m.detach() }
+        Self {
+            c: self.c.detach(),
+            n: self.n.detach(),
+            m: self.m.detach(),
+        }
     }
 }

@@ -41,11 +41,17 @@ pub fn step<B: Backend>(
     let k = k / (dqk as f64).sqrt();
 
     let c = state.c * gates.forget.clone().reshape([b, nh, 1, 1])
-        + k.clone().unsqueeze_dim::<4>(3).matmul(v.unsqueeze_dim::<4>(2))
+        + k.clone()
+            .unsqueeze_dim::<4>(3)
+            .matmul(v.unsqueeze_dim::<4>(2))
             * gates.input.clone().reshape([b, nh, 1, 1]);
     let n = state.n * gates.forget.reshape([b, nh, 1]) + k * gates.input.reshape([b, nh, 1]);
 
-    let numerator = q.clone().unsqueeze_dim::<4>(2).matmul(c.clone()).reshape([b, nh, dv]);
+    let numerator = q
+        .clone()
+        .unsqueeze_dim::<4>(2)
+        .matmul(c.clone())
+        .reshape([b, nh, dv]);
     let qn = (q * n.clone()).sum_dim(2); // [B, NH, 1]
     let h = numerator / normalizer(qn, m_new.clone().reshape([b, nh, 1]), EPS);
     Ok((h, MlstmState { c, n, m: m_new }))

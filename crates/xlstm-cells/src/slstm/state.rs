@@ -19,7 +19,12 @@ impl<B: Backend> SlstmState<B> {
     /// The official initial state: everything zero.
     pub fn zeros(batch: usize, hidden: usize, device: &B::Device) -> Self {
         let z = Tensor::zeros([batch, hidden], device);
-        Self { h: z.clone(), c: z.clone(), n: z.clone(), m: z }
+        Self {
+            h: z.clone(),
+            c: z.clone(),
+            n: z.clone(),
+            m: z,
+        }
     }
 
     /// Error unless every tensor is `[batch, hidden]`.
@@ -33,6 +38,11 @@ impl<B: Backend> SlstmState<B> {
 
     /// Detach every tensor from the autodiff graph (truncated backpropagation through time).
     pub fn detach(self) -> Self {
-        Self { h: self.h.detach(), c: self.c.detach(), n: self.n.detach(), m: self.m.detach() }
+        Self {
+            h: self.h.detach(),
+            c: self.c.detach(),
+            n: self.n.detach(),
+            m: self.m.detach(),
+        }
     }
 }

@@ -20,9 +20,17 @@ pub fn sequence<B: Backend>(
 ) -> Result<(Tensor<B, 3>, SlstmState<B>), CellError> {
     let (nh, dh) = weights.dims()?;
     let [batch, s, width] = wx.dims();
-    CellError::check_shape("wx", &[batch, s, width], &[batch, s, GATES * nh * dh], "B, S, 4·NH·DH")?;
+    CellError::check_shape(
+        "wx",
+        &[batch, s, width],
+        &[batch, s, GATES * nh * dh],
+        "B, S, 4·NH·DH",
+    )?;
     if s == 0 {
-        return Err(CellError::new("wx", "the sequence length S must be at least 1"));
+        return Err(CellError::new(
+            "wx",
+            "the sequence length S must be at least 1",
+        ));
     }
     let mut state = initial_state(state, batch, nh * dh, &wx.device())?;
     let mut outputs = Vec::with_capacity(s);
@@ -42,7 +50,12 @@ pub fn step<B: Backend>(
 ) -> Result<(Tensor<B, 2>, SlstmState<B>), CellError> {
     let (nh, dh) = weights.dims()?;
     let [batch, width] = wx.dims();
-    CellError::check_shape("wx", &[batch, width], &[batch, GATES * nh * dh], "B, 4·NH·DH")?;
+    CellError::check_shape(
+        "wx",
+        &[batch, width],
+        &[batch, GATES * nh * dh],
+        "B, 4·NH·DH",
+    )?;
     let state = initial_state(state, batch, nh * dh, &wx.device())?;
     let state = pointwise(wx, weights, state, nh, dh);
     Ok((state.h.clone(), state))

@@ -19,7 +19,13 @@ impl<B: Backend> SlstmWeights<B> {
     pub fn dims(&self) -> Result<(usize, usize), CellError> {
         let [nh, dh, out] = self.r.dims();
         if nh == 0 || dh == 0 {
-            return Err(CellError::new("r", format!("heads and head dim must be positive, found {:?}", self.r.dims())));
+            return Err(CellError::new(
+                "r",
+                format!(
+                    "heads and head dim must be positive, found {:?}",
+                    self.r.dims()
+                ),
+            ));
         }
         CellError::check_shape("r", &[nh, dh, out], &[nh, dh, GATES * dh], "NH, DH, 4·DH")?;
         CellError::check_shape("b", &self.b.dims(), &[GATES * nh * dh], "4·NH·DH")?;
@@ -33,6 +39,9 @@ impl<B: Backend> SlstmWeights<B> {
 
     /// Weights from the official layout `R [NH, 4·DH, DH]` and bias `[4·NH·DH]`.
     pub fn from_official(r: Tensor<B, 3>, b: Tensor<B, 1>) -> Self {
-        Self { r: r.swap_dims(1, 2), b }
+        Self {
+            r: r.swap_dims(1, 2),
+            b,
+        }
     }
 }

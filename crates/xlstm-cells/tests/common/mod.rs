@@ -20,15 +20,31 @@ pub const MLSTM_SHAPES: [(usize, usize, usize, usize, usize, usize); 7] = [
 ];
 
 /// `(B, S, NH, DH)` for the sLSTM.
-pub const SLSTM_SHAPES: [(usize, usize, usize, usize); 5] =
-    [(1, 1, 1, 4), (2, 7, 1, 8), (1, 13, 3, 5), (3, 20, 2, 16), (2, 9, 4, 3)];
+pub const SLSTM_SHAPES: [(usize, usize, usize, usize); 5] = [
+    (1, 1, 1, 4),
+    (2, 7, 1, 8),
+    (1, 13, 3, 5),
+    (3, 20, 2, 16),
+    (2, 9, 4, 3),
+];
 
-pub fn normal<B: Backend, const D: usize>(shape: [usize; D], scale: f64, device: &B::Device) -> Tensor<B, D> {
+pub fn normal<B: Backend, const D: usize>(
+    shape: [usize; D],
+    scale: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
     Tensor::random(shape, Distribution::Normal(0.0, scale), device)
 }
 
 /// Random mLSTM inputs; forget pre-activations around +2 (the usual regime) plus spread.
-pub fn mlstm_inputs<B: Backend>(b: usize, nh: usize, s: usize, dqk: usize, dv: usize, device: &B::Device) -> MlstmInputs<B> {
+pub fn mlstm_inputs<B: Backend>(
+    b: usize,
+    nh: usize,
+    s: usize,
+    dqk: usize,
+    dv: usize,
+    device: &B::Device,
+) -> MlstmInputs<B> {
     MlstmInputs {
         q: normal([b, nh, s, dqk], 1.0, device),
         k: normal([b, nh, s, dqk], 1.0, device),
@@ -39,7 +55,13 @@ pub fn mlstm_inputs<B: Backend>(b: usize, nh: usize, s: usize, dqk: usize, dv: u
 }
 
 /// A random non-zero mLSTM state (as if after some tokens).
-pub fn mlstm_state<B: Backend>(b: usize, nh: usize, dqk: usize, dv: usize, device: &B::Device) -> MlstmState<B> {
+pub fn mlstm_state<B: Backend>(
+    b: usize,
+    nh: usize,
+    dqk: usize,
+    dv: usize,
+    device: &B::Device,
+) -> MlstmState<B> {
     MlstmState {
         c: normal([b, nh, dqk, dv], 1.0, device),
         n: normal([b, nh, dqk], 1.0, device),
@@ -48,7 +70,10 @@ pub fn mlstm_state<B: Backend>(b: usize, nh: usize, dqk: usize, dv: usize, devic
 }
 
 pub fn slstm_weights<B: Backend>(nh: usize, dh: usize, device: &B::Device) -> SlstmWeights<B> {
-    SlstmWeights { r: normal([nh, dh, 4 * dh], 1.0 / (dh as f64).sqrt(), device), b: normal([4 * nh * dh], 0.5, device) }
+    SlstmWeights {
+        r: normal([nh, dh, 4 * dh], 1.0 / (dh as f64).sqrt(), device),
+        b: normal([4 * nh * dh], 0.5, device),
+    }
 }
 
 /// A random sLSTM state with positive normaliser (as after some tokens).
@@ -62,9 +87,17 @@ pub fn slstm_state<B: Backend>(b: usize, hidden: usize, device: &B::Device) -> S
 }
 
 /// Asserts `rel_l2(got, want) <= bound`, naming `what`.
-pub fn assert_close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>, bound: f64) {
+pub fn assert_close<B: Backend, const D: usize>(
+    what: &str,
+    got: Tensor<B, D>,
+    want: Tensor<B, D>,
+    bound: f64,
+) {
     let (got, want) = (Array::from_tensor(got), Array::from_tensor(want));
     assert_eq!(got.shape, want.shape, "{what}: shapes differ");
     let err = rel_l2(&got.values, &want.values);
-    assert!(err <= bound, "{what}: relative L2 error {err:.3e} > {bound:.0e}");
+    assert!(
+        err <= bound,
+        "{what}: relative L2 error {err:.3e} > {bound:.0e}"
+    );
 }

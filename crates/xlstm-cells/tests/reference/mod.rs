@@ -6,7 +6,11 @@
 /// gates `[B, NH, S]`; returns `h [B, NH, S, DV]` and the final `m [B, NH]`.
 #[allow(clippy::too_many_arguments)]
 pub fn mlstm(
-    q: &[f64], k: &[f64], v: &[f64], ig: &[f64], fg: &[f64],
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    ig: &[f64],
+    fg: &[f64],
     (b, nh, s, dqk, dv): (usize, usize, usize, usize, usize),
 ) -> (Vec<f64>, Vec<f64>) {
     let mut h = vec![0.0; b * nh * s * dv];
@@ -19,7 +23,11 @@ pub fn mlstm(
             let log_f = log_sigmoid(fg[g]);
             let m_new = (log_f + m).max(ig[g]);
             let (fi, ii) = ((log_f + m - m_new).exp(), (ig[g] - m_new).exp());
-            let (qt, kt, vt) = (&q[g * dqk..][..dqk], &k[g * dqk..][..dqk], &v[g * dv..][..dv]);
+            let (qt, kt, vt) = (
+                &q[g * dqk..][..dqk],
+                &k[g * dqk..][..dqk],
+                &v[g * dv..][..dv],
+            );
             for a in 0..dqk {
                 n[a] = fi * n[a] + ii * kt[a] * scale;
                 for e in 0..dv {
@@ -40,27 +48,48 @@ pub fn mlstm(
 
 /// sLSTM recurrence (eqs. 8–17), `wx [B, S, 4·H]` (gate, head, unit), `r [NH, DH, 4·DH]`,
 /// `bias [4·H]`; returns `h [B, S, H]` and the final `n [B, H]`.
-pub fn slstm(wx: &[f64], r: &[f64], bias: &[f64], (b, s, nh, dh): (usize, usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+pub fn slstm(
+    wx: &[f64],
+    r: &[f64],
+    bias: &[f64],
+    (b, s, nh, dh): (usize, usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
     let hid = nh * dh;
     let mut out = vec![0.0; b * s * hid];
     let mut n_last = vec![0.0; b * hid];
     for bi in 0..b {
-        let (mut h, mut c, mut n, mut m) = (vec![0.0; hid], vec![0.0; hid], vec![0.0; hid], vec![0.0; hid]);
+        let (mut h, mut c, mut n, mut m) = (
+            vec![0.0; hid],
+            vec![0.0; hid],
+            vec![0.0; hid],
+            vec![0.0; hid],
+        );
         for t in 0..s {
             let x = &wx[(bi * s + t) * 4 * hid..][..4 * hid];
-            let mut raw = [vec![0.0; hid], vec![0.0; hid], vec![0.0; hid], vec![0.0; hid]];
+            let mut raw = [
+                vec![0.0; hid],
+                vec![0.0; hid],
+                vec![0.0; hid],
+                vec![0.0; hid],
+            ];
             for (gate, raw_g) in raw.iter_mut().enumerate() {
                 for head in 0..nh {
                     for j in 0..dh {
                         let unit = head * dh + j;
-                        let rec: f64 = (0..dh).map(|u| h[head * dh + u] * r[(head * dh + u) * 4 * dh + gate * dh + j]).sum();
+                        let rec: f64 = (0..dh)
+                            .map(|u| h[head * dh + u] * r[(head * dh + u) * 4 * dh + gate * dh + j])
+                            .sum();
                         raw_g[unit] = x[gate * hid + unit] + rec + bias[gate * hid + unit];
                     }
                 }
             }
             for u in 0..hid {
                 let log_fm = m[u] + log_sigmoid(raw[1][u]);
-                let m_new = if n[u] == 0.0 { raw[0][u] } else { raw[0][u].max(log_fm) };
+                let m_new = if n[u] == 0.0 {
+                    raw[0][u]
+                } else {
+                    raw[0][u].max(log_fm)
+                };
                 let i = (raw[0][u] - m_new).exp().min(1.0);
                 let f = (log_fm - m_new).exp().min(1.0);
                 c[u] = f * c[u] + i * raw[2][u].tanh();

@@ -14,9 +14,18 @@ pub fn check(case: &Case, report: &mut Report) {
         t.reshape([b, nh, s]).require_grad()
     };
     let x = MlstmInputs::<B> {
-        q: case.get("input.q").to_tensor::<B, 4>(&device).require_grad(),
-        k: case.get("input.k").to_tensor::<B, 4>(&device).require_grad(),
-        v: case.get("input.v").to_tensor::<B, 4>(&device).require_grad(),
+        q: case
+            .get("input.q")
+            .to_tensor::<B, 4>(&device)
+            .require_grad(),
+        k: case
+            .get("input.k")
+            .to_tensor::<B, 4>(&device)
+            .require_grad(),
+        v: case
+            .get("input.v")
+            .to_tensor::<B, 4>(&device)
+            .require_grad(),
         i_preact: gates("input.igate_preact"),
         f_preact: gates("input.fgate_preact"),
     };
@@ -27,15 +36,27 @@ pub fn check(case: &Case, report: &mut Report) {
         match output.as_str() {
             "h_parallel" => {
                 let (h, _) = mlstm::parallel(&x, None).unwrap();
-                report.compare(&case.name, "output.h_parallel", &Array::from_tensor(h.clone()), want, OUTPUT_BOUND);
+                report.compare(
+                    &case.name,
+                    "output.h_parallel",
+                    &Array::from_tensor(h.clone()),
+                    want,
+                    OUTPUT_BOUND,
+                );
                 let grad_h: Tensor<B, 4> = case.get("input.grad_h").to_tensor(&device);
                 let grads = (h * grad_h).sum().backward();
                 let pairs: [(&str, Array); 5] = [
                     ("q", Array::from_tensor(x.q.grad(&grads).unwrap())),
                     ("k", Array::from_tensor(x.k.grad(&grads).unwrap())),
                     ("v", Array::from_tensor(x.v.grad(&grads).unwrap())),
-                    ("igate_preact", Array::from_tensor(x.i_preact.grad(&grads).unwrap().reshape([b, nh, s, 1]))),
-                    ("fgate_preact", Array::from_tensor(x.f_preact.grad(&grads).unwrap().reshape([b, nh, s, 1]))),
+                    (
+                        "igate_preact",
+                        Array::from_tensor(x.i_preact.grad(&grads).unwrap().reshape([b, nh, s, 1])),
+                    ),
+                    (
+                        "fgate_preact",
+                        Array::from_tensor(x.f_preact.grad(&grads).unwrap().reshape([b, nh, s, 1])),
+                    ),
                 ];
                 for (name, got) in pairs {
                     let key = format!("grad.{name}");
@@ -61,10 +82,19 @@ pub fn check(case: &Case, report: &mut Report) {
                 }
                 let state = state.expect("S >= 1");
                 let h: Tensor<B, 4> = Tensor::stack(hs, 2);
-                report.compare(&case.name, "output.h_recurrent", &Array::from_tensor(h), want, OUTPUT_BOUND);
+                report.compare(
+                    &case.name,
+                    "output.h_recurrent",
+                    &Array::from_tensor(h),
+                    want,
+                    OUTPUT_BOUND,
+                );
                 let last = [
                     ("c_last", Array::from_tensor(state.c)),
-                    ("n_last", Array::from_tensor(state.n.reshape([b, nh, dqk, 1]))),
+                    (
+                        "n_last",
+                        Array::from_tensor(state.n.reshape([b, nh, dqk, 1])),
+                    ),
                     ("m_last", Array::from_tensor(state.m.reshape([b, nh, 1, 1]))),
                 ];
                 for (name, got) in last {
@@ -79,7 +109,13 @@ pub fn check(case: &Case, report: &mut Report) {
                     .and_then(|c| c.parse().ok())
                     .unwrap_or_else(|| panic!("{}: unknown output `{other}`", case.name));
                 let (h, _) = mlstm::chunkwise(&x, None, chunk).unwrap();
-                report.compare(&case.name, &format!("output.{other}"), &Array::from_tensor(h), want, OUTPUT_BOUND);
+                report.compare(
+                    &case.name,
+                    &format!("output.{other}"),
+                    &Array::from_tensor(h),
+                    want,
+                    OUTPUT_BOUND,
+                );
             }
         }
     }

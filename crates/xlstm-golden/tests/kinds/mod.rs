@@ -20,7 +20,10 @@ impl Report {
     /// Compares `got` with the golden `want` (shapes must match exactly).
     pub fn compare(&mut self, case: &str, what: &str, got: &Array, want: &Array, bound: f64) {
         let line = if got.shape != want.shape {
-            format!("{case:>16} {what:<40} shape {:?} != golden {:?}", got.shape, want.shape)
+            format!(
+                "{case:>16} {what:<40} shape {:?} != golden {:?}",
+                got.shape, want.shape
+            )
         } else {
             let err = rel_l2(&got.values, &want.values);
             let line = format!("{case:>16} {what:<40} rel L2 {err:.2e} (bound {bound:.0e})");
@@ -42,8 +45,17 @@ impl Report {
     }
 
     pub fn finish(self) {
-        println!("golden: {} comparisons passed, {} failed, {} cases skipped", self.checked, self.failures.len(), self.skipped.len());
-        assert!(self.failures.is_empty(), "golden comparisons failed:\n{}", self.failures.join("\n"));
+        println!(
+            "golden: {} comparisons passed, {} failed, {} cases skipped",
+            self.checked,
+            self.failures.len(),
+            self.skipped.len()
+        );
+        assert!(
+            self.failures.is_empty(),
+            "golden comparisons failed:\n{}",
+            self.failures.join("\n")
+        );
         assert!(self.checked > 0, "no golden comparison ran");
     }
 }
