@@ -16,6 +16,8 @@ fn golden() {
         match case.kind.as_str() {
             "mlstm_cell" => kinds::mlstm_cell::check(case, &mut report),
             "slstm_cell" => kinds::slstm_cell::check(case, &mut report),
+            "xlstm_lm" => kinds::xlstm_lm::check(case, &mut report),
+            "xlstm_large" => kinds::xlstm_large::check(case, &mut report),
             other => report.skip(&case.name, other),
         }
     }

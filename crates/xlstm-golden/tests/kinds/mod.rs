@@ -1,5 +1,7 @@
 pub mod mlstm_cell;
 pub mod slstm_cell;
+pub mod xlstm_large;
+pub mod xlstm_lm;
 
 use xlstm_golden::{rel_l2, Array};
 
@@ -34,6 +36,13 @@ impl Report {
             }
             line
         };
+        println!("{line}  FAILED");
+        self.failures.push(line);
+    }
+
+    /// A golden tensor that has no counterpart in the model: a failure.
+    pub fn missing(&mut self, case: &str, what: &str) {
+        let line = format!("{case:>16} {what:<40} no such parameter / gradient in the model");
         println!("{line}  FAILED");
         self.failures.push(line);
     }

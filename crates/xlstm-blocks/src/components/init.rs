@@ -1,0 +1,39 @@
+//! The official initialisations (`xlstm/components/init.py`, `sLSTMCell.reset_parameters`).
+
+use burn::module::Initializer;
+
+/// "Small init" (Nguyen & Salazar 2019): `N(0, sqrt(2 / (5·dim)))`.
+pub fn small_init(dim: usize) -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: (2.0 / (5.0 * dim as f64)).sqrt(),
+    }
+}
+
+/// Wang init for output projections: `N(0, 2 / num_blocks / sqrt(dim))`.
+pub fn wang_init(dim: usize, num_blocks: usize) -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: 2.0 / num_blocks as f64 / (dim as f64).sqrt(),
+    }
+}
+
+/// PyTorch's default for `nn.Linear` / `nn.Conv1d`: `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+pub fn torch_default(fan_in: usize) -> Initializer {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    }
+}
+
+/// `n` values evenly spaced from `start` to `end` inclusive (`torch.linspace`).
+pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f32> {
+    match n {
+        0 => vec![],
+        1 => vec![start as f32],
+        _ => (0..n)
+            .map(|i| (start + (end - start) * i as f64 / (n - 1) as f64) as f32)
+            .collect(),
+    }
+}
