@@ -1,12 +1,12 @@
 //! The NeurIPS xLSTM language model (official `xLSTMLMModel`): embedding, block stack, head.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig};
+use burn::nn::Embedding;
 use burn::tensor::{activation::log_softmax, backend::Backend, Int, Tensor};
 use xlstm_kernels::XlstmBackend;
 
 use crate::checkpoint::{join, CheckpointError, OfficialParams, ParamTensor, TensorMap};
-use crate::components::init::small_init;
+use crate::components::init::{param, small_init};
 use crate::components::Linear;
 use crate::stack::{StackState, XlstmBlockStack};
 use crate::{ConfigError, ModelError, Padding, XlstmLmConfig};
@@ -27,9 +27,9 @@ impl XlstmLmConfig {
         self.validate()?;
         let e = self.embedding_dim;
         Ok(XlstmLm {
-            token_embedding: EmbeddingConfig::new(self.vocab_size, e)
-                .with_initializer(small_init(e))
-                .init(device),
+            token_embedding: Embedding {
+                weight: param(&small_init(e), [self.vocab_size, e], device),
+            },
             xlstm_block_stack: XlstmBlockStack::new(self, device),
             lm_head: (!self.tie_weights)
                 .then(|| Linear::new(e, self.vocab_size, false, &small_init(e), device)),
@@ -120,8 +120,7 @@ pub fn masked_cross_entropy<B: Backend>(
 }
 
 impl<B: Backend> OfficialParams<B> for XlstmLm<B> {
-    /// The official `state_dict` has `lm_head.weight` also when tied; [`save`](crate::checkpoint)
-    /// adds it. Here it is listed only when untied (a parameter of its own).
+    /// `lm_head.weight` is listed only when untied (a parameter of its own); see `state_dict`.
     fn visit_official(&self, prefix: &str, out: &mut Vec<(String, ParamTensor<B>)>) {
         self.token_embedding
             .visit_official(&join(prefix, "token_embedding"), out);
@@ -130,6 +129,22 @@ impl<B: Backend> OfficialParams<B> for XlstmLm<B> {
         if let Some(h) = &self.lm_head {
             h.visit_official(&join(prefix, "lm_head"), out);
         }
+    }
+
+    /// Adds `lm_head.weight` (the embedding) when tied, as the official `state_dict` does.
+    fn state_dict(&self) -> TensorMap {
+        let mut map = TensorMap::from_module(self);
+        if self.lm_head.is_none() {
+            map.insert(
+                "lm_head.weight",
+                self.token_embedding
+                    .weight
+                    .val()
+                    .into_data()
+                    .convert::<f32>(),
+            );
+        }
+        map
     }
 
     fn load_official(mut self, prefix: &str, src: &mut TensorMap) -> Result<Self, CheckpointError> {

@@ -8,7 +8,7 @@ use xlstm_kernels::XlstmBackend;
 use crate::checkpoint::{
     join, load_param, visit_param, CheckpointError, OfficialParams, ParamTensor, TensorMap,
 };
-use crate::components::init::{linspace, small_init, wang_init};
+use crate::components::init::{linspace, param, small_init, wang_init};
 use crate::components::{CausalConv1d, Linear, LinearHeadwise, MultiHeadLayerNorm, NormWeight};
 use crate::{ModelError, Padding, XlstmLmConfig};
 
@@ -91,7 +91,7 @@ impl<B: Backend> MlstmLayer<B> {
             igate: gate(i_bias),
             fgate: gate(f_bias),
             outnorm: MultiHeadLayerNorm::new(inner, NormWeight::Offset, false, 1e-5, device),
-            learnable_skip: Initializer::Ones.init([inner], device),
+            learnable_skip: param(&Initializer::Ones, [inner], device),
             proj_down: Linear::new(inner, e, bias, &wang_init(e, config.num_blocks), device),
             num_heads: m.num_heads,
             chunk_size: m.chunk_size,
@@ -155,6 +155,7 @@ impl<B: XlstmBackend> MlstmLayer<B> {
     ) -> Result<(Tensor<B, 3>, MlstmLayerState<B>), ModelError> {
         let [b, s, _] = x.dims();
         let state = state.unwrap_or_else(|| self.initial_state(b));
+        self.conv1d.check_state(&state.conv, b)?;
         let ([conv_act, z, q, k, v, i, f], conv) = self.pre_cell(x, Some(state.conv), padding);
         let nh = self.num_heads;
         let heads = |t: Tensor<B, 3>| {
@@ -192,6 +193,7 @@ impl<B: XlstmBackend> MlstmLayer<B> {
     ) -> Result<(Tensor<B, 2>, MlstmLayerState<B>), ModelError> {
         let [b, e] = x.dims();
         let state = state.unwrap_or_else(|| self.initial_state(b));
+        self.conv1d.check_state(&state.conv, b)?;
         let ([conv_act, z, q, k, v, i, f], conv) =
             self.pre_cell(x.reshape([b, 1, e]), Some(state.conv), None);
         let nh = self.num_heads;

@@ -164,6 +164,9 @@ impl<B: XlstmBackend> SlstmLayer<B> {
         let state = state.unwrap_or_else(|| self.initial_state(b));
         let (x_conv, conv) = match (&self.conv1d, state.conv) {
             (Some(c), conv_state) => {
+                if let Some(cs) = &conv_state {
+                    c.check_state(cs, b)?;
+                }
                 let (y, next) = c.forward(x.clone(), conv_state, padding);
                 (silu(y), Some(next))
             }

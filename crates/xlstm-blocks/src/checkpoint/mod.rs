@@ -143,6 +143,41 @@ pub trait OfficialParams<B: Backend>: Sized {
     fn visit_official(&self, prefix: &str, out: &mut Vec<(String, ParamTensor<B>)>);
     /// Replaces every parameter by `src[prefix + name]` (removed from `src`).
     fn load_official(self, prefix: &str, src: &mut TensorMap) -> Result<Self, CheckpointError>;
+    /// The official `state_dict` (tied weights appear under both names, as in PyTorch).
+    fn state_dict(&self) -> TensorMap {
+        TensorMap::from_module(self)
+    }
+}
+
+/// Loads official weights into `model` from `path` (a `.safetensors` file, an index JSON, or
+/// a directory with either). Every model parameter must be present with its shape, and every
+/// tensor of the checkpoint must be used.
+pub fn load_official<B: Backend, M: OfficialParams<B>>(
+    model: M,
+    path: &std::path::Path,
+) -> Result<M, CheckpointError> {
+    let mut map = safetensors::read_checkpoint(path)?;
+    let model = model.load_official("", &mut map)?;
+    map.finish()?;
+    Ok(model)
+}
+
+/// Saves the official `state_dict` of `model` as one f32 safetensors file.
+pub fn save_official<B: Backend, M: OfficialParams<B>>(
+    model: &M,
+    path: &std::path::Path,
+) -> Result<(), CheckpointError> {
+    safetensors::write_file(&model.state_dict(), path)
+}
+
+/// Saves the official `state_dict` of `model` into `dir` as shards of at most
+/// `max_shard_bytes` with a `model.safetensors.index.json`.
+pub fn save_official_sharded<B: Backend, M: OfficialParams<B>>(
+    model: &M,
+    dir: &std::path::Path,
+    max_shard_bytes: usize,
+) -> Result<(), CheckpointError> {
+    safetensors::write_sharded(&model.state_dict(), dir, max_shard_bytes)
 }
 
 /// `Param` of rank 1–3 ⇄ [`ParamTensor`].

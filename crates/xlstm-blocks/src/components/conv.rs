@@ -1,8 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::init::torch_default;
-use crate::Padding;
+use super::init::{param, torch_default};
+use crate::{ModelError, Padding};
 
 /// Causal depthwise convolution over time (official `CausalConv1d`, `channel_mixing=False`):
 /// `y_t[d] = b[d] + Σ_{j<K} w[d, j] · x_{t-K+1+j}[d]`, zeros before the first token.
@@ -21,8 +21,8 @@ impl<B: Backend> CausalConv1d<B> {
     pub fn new(features: usize, kernel_size: usize, bias: bool, device: &B::Device) -> Self {
         let init = torch_default(kernel_size);
         Self {
-            weight: init.init([features, 1, kernel_size], device),
-            bias: bias.then(|| init.init([features], device)),
+            weight: param(&init, [features, 1, kernel_size], device),
+            bias: bias.then(|| param(&init, [features], device)),
         }
     }
 
@@ -35,6 +35,22 @@ impl<B: Backend> CausalConv1d<B> {
     pub fn zero_state(&self, batch: usize) -> Tensor<B, 3> {
         let [d, _, k] = self.weight.dims();
         Tensor::zeros([batch, k - 1, d], &self.weight.device())
+    }
+
+    /// Error unless `state` is `[batch, K-1, D]`.
+    pub fn check_state(&self, state: &Tensor<B, 3>, batch: usize) -> Result<(), ModelError> {
+        let [d, _, k] = self.weight.dims();
+        if state.dims() != [batch, k - 1, d] {
+            return Err(ModelError::input(
+                "state.conv",
+                format!(
+                    "expected [B, K-1, D] = {:?}, found {:?}",
+                    [batch, k - 1, d],
+                    state.dims()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `x [B, S, D]`, `state [B, K-1, D]` (`None`: zeros) → `y [B, S, D]` and the state after

@@ -1,3 +1,4 @@
+use super::init::param;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -25,8 +26,8 @@ impl<B: Backend> LinearHeadwise<B> {
     ) -> Self {
         let d = features / heads;
         Self {
-            weight: init.init([heads, d, d], device),
-            bias: bias.then(|| Initializer::Zeros.init([features], device)),
+            weight: param(&init, [heads, d, d], device),
+            bias: bias.then(|| param(&Initializer::Zeros, [features], device)),
         }
     }
 

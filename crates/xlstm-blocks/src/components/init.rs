@@ -37,3 +37,13 @@ pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f32> {
             .collect(),
     }
 }
+
+/// A parameter drawn from `init` now. burn's `Initializer::init` is lazy, and clones of a lazy
+/// parameter draw their own values: a model cloned before first use would not equal itself.
+pub fn param<B: burn::tensor::backend::Backend, const D: usize>(
+    init: &Initializer,
+    shape: [usize; D],
+    device: &B::Device,
+) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+    burn::module::Param::from_tensor(init.init::<B, D, _>(shape, device).into_value())
+}

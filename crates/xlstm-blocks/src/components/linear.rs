@@ -1,3 +1,4 @@
+use super::init::param;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -20,8 +21,8 @@ impl<B: Backend> Linear<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            weight: init.init([d_out, d_in], device),
-            bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+            weight: param(&init, [d_out, d_in], device),
+            bias: bias.then(|| param(&Initializer::Zeros, [d_out], device)),
         }
     }
 

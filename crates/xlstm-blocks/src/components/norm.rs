@@ -1,3 +1,4 @@
+use super::init::param;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -17,8 +18,8 @@ fn init_weight<B: Backend>(
     device: &B::Device,
 ) -> Param<Tensor<B, 1>> {
     match mode {
-        NormWeight::Offset => Initializer::Zeros.init([dim], device),
-        NormWeight::Direct => Initializer::Ones.init([dim], device),
+        NormWeight::Offset => param(&Initializer::Zeros, [dim], device),
+        NormWeight::Direct => param(&Initializer::Ones, [dim], device),
     }
 }
 
@@ -54,7 +55,7 @@ impl<B: Backend> LayerNorm<B> {
     pub fn new(dim: usize, mode: NormWeight, bias: bool, eps: f64, device: &B::Device) -> Self {
         Self {
             weight: Some(init_weight(dim, mode, device)),
-            bias: bias.then(|| Initializer::Zeros.init([dim], device)),
+            bias: bias.then(|| param(&Initializer::Zeros, [dim], device)),
             eps,
             offset: mode == NormWeight::Offset,
         }
@@ -89,7 +90,7 @@ impl<B: Backend> MultiHeadLayerNorm<B> {
     pub fn new(dim: usize, mode: NormWeight, bias: bool, eps: f64, device: &B::Device) -> Self {
         Self {
             weight: Some(init_weight(dim, mode, device)),
-            bias: bias.then(|| Initializer::Zeros.init([dim], device)),
+            bias: bias.then(|| param(&Initializer::Zeros, [dim], device)),
             eps,
             offset: mode == NormWeight::Offset,
         }
@@ -122,8 +123,8 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     pub fn new(dim: usize, bias: bool, eps: f64, device: &B::Device) -> Self {
         Self {
-            weight: Some(Initializer::Ones.init([dim], device)),
-            bias: bias.then(|| Initializer::Zeros.init([dim], device)),
+            weight: Some(param(&Initializer::Ones, [dim], device)),
+            bias: bias.then(|| param(&Initializer::Zeros, [dim], device)),
             eps,
         }
     }

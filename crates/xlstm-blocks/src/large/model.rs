@@ -1,6 +1,6 @@
 use burn::module::Initializer;
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig};
+use burn::nn::Embedding;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use xlstm_cells::mlstm::MlstmState;
 use xlstm_gating::soft_cap;
@@ -10,7 +10,7 @@ use super::{LargeMlstmLayer, XlstmLargeConfig};
 use crate::checkpoint::{
     join, load_module, CheckpointError, OfficialParams, ParamTensor, TensorMap,
 };
-use crate::components::init::torch_default;
+use crate::components::init::{param, torch_default};
 use crate::components::{Linear, RmsNorm, SwiGlu};
 use crate::{ConfigError, ModelError, Padding};
 
@@ -64,12 +64,16 @@ impl XlstmLargeConfig {
         let norm = || RmsNorm::new(e, self.use_bias, self.norm_eps, device);
         let fused = self.weight_mode == super::WeightMode::Fused;
         Ok(XlstmLarge {
-            embedding: EmbeddingConfig::new(self.vocab_size, e)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 1.0,
-                })
-                .init(device),
+            embedding: Embedding {
+                weight: param(
+                    &Initializer::Normal {
+                        mean: 0.0,
+                        std: 1.0,
+                    },
+                    [self.vocab_size, e],
+                    device,
+                ),
+            },
             backbone: LargeBlockStack {
                 blocks: (0..self.num_blocks)
                     .map(|_| LargeBlock {
