@@ -9,6 +9,9 @@ pub enum TrainError {
     /// The data could not be made.
     #[error("data: {0}")]
     Data(String),
+    /// The model rejected its input.
+    #[error("model: {0}")]
+    Model(String),
     /// A file could not be read or written.
     #[error("{what} {path}: {source}")]
     Io {

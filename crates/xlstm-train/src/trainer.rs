@@ -228,7 +228,7 @@ where
     }
 
     /// One optimiser step on the next `grad_accum` micro-batches of `data`.
-    pub fn step(&mut self, data: &Dataset) -> StepReport {
+    pub fn step(&mut self, data: &Dataset) -> Result<StepReport, TrainError> {
         let batches: Vec<Batch> = (0..self.config.grad_accum)
             .map(|k| {
                 let first = self.state.examples_seen + (k * self.config.batch_size) as u64;
@@ -239,28 +239,16 @@ where
     }
 
     /// One optimiser step on the given micro-batches (their mean loss).
-    pub fn step_on(&mut self, batches: &[Batch]) -> StepReport {
+    pub fn step_on(&mut self, batches: &[Batch]) -> Result<StepReport, TrainError> {
         let model = self.model.take().expect("model present between steps");
-        let n = batches.len() as f64;
-        let mut loss_sum = 0.0;
-        let mut tokens = 0;
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        let mut single: Option<GradientsParams> = None;
-        for batch in batches {
-            let (x, y) = batch.to_tensors::<B>(&self.device);
-            let loss = masked_cross_entropy(model.logits(x), y);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.div_scalar(n).backward(), &model);
-            if batches.len() == 1 {
-                single = Some(grads);
-            } else {
-                accumulator.accumulate(&model, grads);
+        let result = self.accumulate(&model, batches);
+        let (loss, tokens, mut grads) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
             }
-            tokens += batch.batch * batch.seq_len;
-            self.state.examples_seen += batch.batch as u64;
-        }
-        let mut grads = single.unwrap_or_else(|| accumulator.grads());
-        let loss = loss_sum / n;
+        };
         let grad_norm = global_grad_norm(&model, &grads);
         let lr = self.state.schedule.lr(self.state.step);
         self.state.step += 1;
@@ -275,19 +263,52 @@ where
             self.optim.step(lr, model, grads)
         };
         self.model = Some(model);
-        StepReport {
+        Ok(StepReport {
             step: self.state.step,
             loss,
             grad_norm,
             lr,
             tokens,
             skipped,
+        })
+    }
+
+    /// Forward and backward over the micro-batches: `(mean loss, tokens, summed gradients
+    /// of the loss divided by the number of micro-batches)`.
+    fn accumulate(
+        &mut self,
+        model: &M,
+        batches: &[Batch],
+    ) -> Result<(f64, usize, GradientsParams), TrainError> {
+        let n = batches.len() as f64;
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut single: Option<GradientsParams> = None;
+        for batch in batches {
+            let (x, y) = batch.to_tensors::<B>(&self.device);
+            let loss = masked_cross_entropy(model.logits(x).map_err(TrainError::Model)?, y);
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.div_scalar(n).backward(), model);
+            if batches.len() == 1 {
+                single = Some(grads);
+            } else {
+                accumulator.accumulate(model, grads);
+            }
+            tokens += batch.batch * batch.seq_len;
+            self.state.examples_seen += batch.batch as u64;
         }
+        Ok((loss_sum / n, tokens, single.unwrap_or_else(|| accumulator.grads())))
     }
 
     /// Accuracy per evaluation bucket on `examples` examples each, in batches of `batch`
     /// (sorted by length to limit padding).
-    pub fn evaluate(&self, data: &Dataset, examples: usize, batch: usize) -> Vec<BucketResult> {
+    pub fn evaluate(
+        &self,
+        data: &Dataset,
+        examples: usize,
+        batch: usize,
+    ) -> Result<Vec<BucketResult>, TrainError> {
         evaluate(&self.model().valid(), data, examples, batch, &self.device)
     }
 
@@ -330,7 +351,7 @@ pub fn evaluate<B: Backend, M: LanguageModel<B>>(
     examples: usize,
     batch: usize,
     device: &B::Device,
-) -> Vec<BucketResult> {
+) -> Result<Vec<BucketResult>, TrainError> {
     data.buckets()
         .into_iter()
         .enumerate()
@@ -342,7 +363,7 @@ pub fn evaluate<B: Backend, M: LanguageModel<B>>(
             let (mut correct, mut scored, mut loss, mut batches) = (0usize, 0usize, 0.0, 0usize);
             for chunk in all.chunks(batch.max(1)) {
                 let (x, y) = Batch::collate(chunk).to_tensors::<B>(device);
-                let logits = model.logits(x);
+                let logits = model.logits(x).map_err(TrainError::Model)?;
                 loss += masked_cross_entropy(logits.clone(), y.clone())
                     .into_scalar()
                     .elem::<f64>();
@@ -351,12 +372,12 @@ pub fn evaluate<B: Backend, M: LanguageModel<B>>(
                 scored += counts.iter().sum::<usize>();
                 batches += 1;
             }
-            BucketResult {
+            Ok(BucketResult {
                 bucket,
                 accuracy: correct as f64 / scored.max(1) as f64,
                 loss: loss / batches.max(1) as f64,
                 examples,
-            }
+            })
         })
         .collect()
 }

@@ -56,7 +56,7 @@ fn schedule_matches_the_official_formula() {
 
 fn grads_of(model: &common::Tiny<AB>, batch: &Batch) -> GradientsParams {
     let (x, y) = batch.to_tensors::<AB>(&Default::default());
-    let loss = masked_cross_entropy(model.logits(x), y);
+    let loss = masked_cross_entropy(model.logits(x).unwrap(), y);
     GradientsParams::from_grads(loss.backward(), model)
 }
 
@@ -156,7 +156,7 @@ fn only_the_decayed_group_shrinks_under_zero_gradients() {
         .unwrap()
         .train_batch(0, 4);
     let (x, y) = batch.to_tensors::<AB>(&Default::default());
-    let loss = masked_cross_entropy(model.logits(x), y) * 0.0;
+    let loss = masked_cross_entropy(model.logits(x).unwrap(), y) * 0.0;
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let before = flat_params(&model.valid());
     let after = flat_params(&optim.step(0.1, model, grads).valid());
@@ -184,8 +184,8 @@ fn accumulating_two_half_batches_equals_one_batch() {
     )
     .unwrap();
     for _ in 0..3 {
-        let a = whole.step(&data);
-        let b = halves.step(&data);
+        let a = whole.step(&data).unwrap();
+        let b = halves.step(&data).unwrap();
         assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
         assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1e-3));
     }
@@ -197,10 +197,10 @@ fn resuming_reproduces_the_uninterrupted_losses_exactly() {
     let data = Dataset::new(TaskConfig::formal(FormalTask::Parity), 11).unwrap();
     let dir = tmpdir("resume");
     let mut straight = Trainer::<AB, _>::new(tiny(3, 7), config(6), Default::default()).unwrap();
-    let want: Vec<f64> = (0..6).map(|_| straight.step(&data).loss).collect();
+    let want: Vec<f64> = (0..6).map(|_| straight.step(&data).unwrap().loss).collect();
 
     let mut first = Trainer::<AB, _>::new(tiny(3, 7), config(6), Default::default()).unwrap();
-    let mut got: Vec<f64> = (0..3).map(|_| first.step(&data).loss).collect();
+    let mut got: Vec<f64> = (0..3).map(|_| first.step(&data).unwrap().loss).collect();
     let meta = serde_json::json!({"model": "tiny"});
     let saved = first.save(&dir, &meta).unwrap();
     assert!(saved.ends_with("step-000003"));
@@ -213,7 +213,7 @@ fn resuming_reproduces_the_uninterrupted_losses_exactly() {
     assert_eq!(resumed.state().step, 3);
     assert_eq!(resumed.state().examples_seen, 24);
     while !resumed.finished() {
-        got.push(resumed.step(&data).loss);
+        got.push(resumed.step(&data).unwrap().loss);
     }
     assert_eq!(got, want, "bit-identical losses after resuming");
     assert_eq!(
@@ -237,17 +237,17 @@ fn a_non_finite_loss_skips_the_step_and_never_reaches_a_checkpoint() {
     let dir = tmpdir("nan");
     let data = Dataset::new(TaskConfig::formal(FormalTask::Parity), 0).unwrap();
     let mut t = Trainer::<AB, _>::new(tiny(3, 3), config(10), Default::default()).unwrap();
-    t.step(&data);
-    t.step(&data);
+    t.step(&data).unwrap();
+    t.step(&data).unwrap();
     t.save(&dir, &serde_json::Value::Null).unwrap();
     let before = flat_params(&t.model().valid());
 
-    let r = t.step_on(&[poisoned_batch()]);
+    let r = t.step_on(&[poisoned_batch()]).unwrap();
     assert!(r.skipped, "{r:?}");
     assert!(!r.loss.is_finite() || !r.grad_norm.is_finite());
     assert_eq!(t.state().skipped_steps, 1);
     assert_eq!(flat_params(&t.model().valid()), before, "weights untouched");
-    let r = t.step(&data);
+    let r = t.step(&data).unwrap();
     assert!(!r.skipped && r.loss.is_finite());
 
     // Weights made non-finite by hand: saving refuses and the last checkpoint stays.
@@ -287,7 +287,7 @@ fn evaluation_reports_every_bucket() {
     )
     .unwrap();
     let t = Trainer::<AB, _>::new(tiny(3, 3), config(1), Default::default()).unwrap();
-    let r = t.evaluate(&data, 12, 5);
+    let r = t.evaluate(&data, 12, 5).unwrap();
     let names: Vec<&str> = r.iter().map(|b| b.bucket.name.as_str()).collect();
     assert_eq!(names, ["3-10", "11-16", "17-20"]);
     for b in &r {

@@ -33,13 +33,13 @@ impl<B: Backend> Tiny<B> {
 }
 
 impl<B: Backend> LanguageModel<B> for Tiny<B> {
-    fn logits(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, String> {
         let poison = ids.clone().equal_elem(POISON).float().unsqueeze_dim::<3>(2); // [B, S, 1]
         let x = self.token_embedding.forward(ids); // [B, S, D]
         let x = x / (poison.neg() + 1.0); // inf at POISON
         let x = self.norm.forward(x);
         let x = burn::tensor::activation::gelu(self.proj.forward(x));
-        self.head.forward(x) // [B, S, V]
+        Ok(self.head.forward(x)) // [B, S, V]
     }
 }
 
