@@ -2,8 +2,8 @@
 //! and equal a float64 evaluation of the same formula (`reference`, plain scalar loops), on
 //! the same f32-rounded inputs.
 
-mod common;
-mod reference;
+
+
 
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
@@ -62,7 +62,7 @@ fn extreme_mlstm_inputs(b: usize, nh: usize, s: usize, d: usize) -> MlstmInputs<
 
 fn mlstm_reference(x: &MlstmInputs<B>) -> (Vec<f64>, Vec<f64>) {
     let [b, nh, s, dqk, dv] = x.dims().unwrap();
-    reference::mlstm(
+    crate::reference::mlstm(
         &values(&x.q),
         &values(&x.k),
         &values(&x.v),
@@ -126,7 +126,7 @@ fn slstm_over_16k_tokens_with_extreme_gates_matches_float64() {
         r: Tensor::random([nh, dh, 4 * dh], Distribution::Normal(0.0, 0.5), &device),
         b: Tensor::random([4 * hid], Distribution::Normal(0.0, 0.5), &device),
     };
-    let (h64, n64) = reference::slstm(
+    let (h64, n64) = crate::reference::slstm(
         &values(&wx),
         &values(&weights.r),
         &values(&weights.b),
