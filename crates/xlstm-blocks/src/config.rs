@@ -165,12 +165,12 @@ impl XlstmLmConfig {
             let m = &self.mlstm;
             ConfigError::ensure(m.num_heads > 0, "mlstm.num_heads", "must be at least 1")?;
             ConfigError::ensure(
-                inner % m.num_heads == 0,
+                inner.is_multiple_of(m.num_heads),
                 "mlstm.num_heads",
                 format!("must divide the inner dimension {inner}"),
             )?;
             ConfigError::ensure(
-                m.qkv_proj_blocksize > 0 && inner % m.qkv_proj_blocksize == 0,
+                m.qkv_proj_blocksize > 0 && inner.is_multiple_of(m.qkv_proj_blocksize),
                 "mlstm.qkv_proj_blocksize",
                 format!("must divide the inner dimension {inner}"),
             )?;
@@ -184,7 +184,7 @@ impl XlstmLmConfig {
         if !self.slstm_at.is_empty() {
             let s = &self.slstm;
             ConfigError::ensure(
-                s.num_heads > 0 && e % s.num_heads == 0,
+                s.num_heads > 0 && e.is_multiple_of(s.num_heads),
                 "slstm.num_heads",
                 format!("must divide embedding_dim = {e}"),
             )?;

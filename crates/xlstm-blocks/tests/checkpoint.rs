@@ -47,7 +47,7 @@ fn lm_round_trip_is_identical_and_reproduces_the_logits() {
         let path = dir.join("model.safetensors");
         save_official(&a, &path).unwrap();
         let file = read_checkpoint(&path).unwrap();
-        assert_eq!(file.get("lm_head.weight").is_some(), true, "tie {tie}");
+        assert!(file.get("lm_head.weight").is_some(), "tie {tie}");
         // A freshly initialised model differs; after loading it is identical.
         let b = load_official(lm_config(tie).init::<B>(&device()).unwrap(), &path).unwrap();
         assert_same(&a.state_dict(), &b.state_dict());

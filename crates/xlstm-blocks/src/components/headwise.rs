@@ -26,7 +26,7 @@ impl<B: Backend> LinearHeadwise<B> {
     ) -> Self {
         let d = features / heads;
         Self {
-            weight: param(&init, [heads, d, d], device),
+            weight: param(init, [heads, d, d], device),
             bias: bias.then(|| param(&Initializer::Zeros, [features], device)),
         }
     }

@@ -21,7 +21,7 @@ impl<B: Backend> Linear<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            weight: param(&init, [d_out, d_in], device),
+            weight: param(init, [d_out, d_in], device),
             bias: bias.then(|| param(&Initializer::Zeros, [d_out], device)),
         }
     }

@@ -90,7 +90,7 @@ impl XlstmLargeConfig {
         let nh = self.num_heads;
         ConfigError::ensure(nh > 0, "num_heads", "must be at least 1")?;
         ConfigError::ensure(
-            self.qk_dim() > 0 && self.qk_dim() % nh == 0,
+            self.qk_dim() > 0 && self.qk_dim().is_multiple_of(nh),
             "qk_dim_factor",
             format!(
                 "q/k dim {} must be a positive multiple of num_heads = {nh}",
@@ -98,7 +98,7 @@ impl XlstmLargeConfig {
             ),
         )?;
         ConfigError::ensure(
-            self.v_dim() > 0 && self.v_dim() % nh == 0,
+            self.v_dim() > 0 && self.v_dim().is_multiple_of(nh),
             "v_dim_factor",
             format!(
                 "v dim {} must be a positive multiple of num_heads = {nh}",
