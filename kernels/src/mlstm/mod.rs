@@ -1,8 +1,26 @@
 //! The mLSTM chunkwise form and recurrent step as backend primitives.
+//!
+//! With the `cube` feature (turned on by `wgpu` / `cuda`), burn's cube backends run fused
+//! kernels: the generation step in one launch (`step_kernel.rs`) and the chunkwise forward in
+//! two (`chunk_kernel.rs`, TFLA-style). Other backends, and shapes or float types the kernels
+//! do not take, use the tensor-op reference of `xlstm_cells::mlstm`.
+
+#[cfg(feature = "cube")]
+mod chunk_kernel;
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(feature = "cube")]
+mod step_kernel;
+
+#[cfg(feature = "cube")]
+pub use cube::DEFAULT_CHUNK;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{
+    backend::{AutodiffBackend, Backend},
+    Tensor,
+};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState};
 use xlstm_cells::CellError;
 
@@ -35,4 +53,74 @@ pub trait MlstmBackend: Backend {
 impl MlstmBackend for NdArray<f32> {}
 impl MlstmBackend for NdArray<f64> {}
 
-impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {}
+/// Under autodiff, inputs that carry no gradient (inference, generation) run the inner
+/// backend's primitive — the kernels on cube backends; tracked inputs run the tensor-op
+/// reference, whose backward autodiff derives (memory O(S · chunk)).
+impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
+    fn mlstm_chunkwise(
+        x: &MlstmInputs<Self>,
+        state: Option<MlstmState<Self>>,
+        chunk_size: usize,
+    ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
+        let tracked = [&x.q, &x.k, &x.v].iter().any(|t| t.is_require_grad())
+            || [&x.i_preact, &x.f_preact].iter().any(|t| t.is_require_grad())
+            || state.as_ref().is_some_and(state_tracked);
+        if tracked {
+            return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+        }
+        let inner = MlstmInputs {
+            q: x.q.clone().inner(),
+            k: x.k.clone().inner(),
+            v: x.v.clone().inner(),
+            i_preact: x.i_preact.clone().inner(),
+            f_preact: x.f_preact.clone().inner(),
+        };
+        let (h, state) = B::mlstm_chunkwise(&inner, state.map(inner_state), chunk_size)?;
+        Ok((Tensor::from_inner(h), outer_state(state)))
+    }
+
+    fn mlstm_step(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        i_preact: Tensor<Self, 2>,
+        f_preact: Tensor<Self, 2>,
+        state: Option<MlstmState<Self>>,
+    ) -> Result<(Tensor<Self, 3>, MlstmState<Self>), CellError> {
+        let tracked = [&q, &k, &v].iter().any(|t| t.is_require_grad())
+            || [&i_preact, &f_preact].iter().any(|t| t.is_require_grad())
+            || state.as_ref().is_some_and(state_tracked);
+        if tracked {
+            return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state);
+        }
+        let (h, state) = B::mlstm_step(
+            q.inner(),
+            k.inner(),
+            v.inner(),
+            i_preact.inner(),
+            f_preact.inner(),
+            state.map(inner_state),
+        )?;
+        Ok((Tensor::from_inner(h), outer_state(state)))
+    }
+}
+
+fn state_tracked<B: AutodiffBackend>(s: &MlstmState<B>) -> bool {
+    s.c.is_require_grad() || s.n.is_require_grad() || s.m.is_require_grad()
+}
+
+fn inner_state<B: AutodiffBackend>(s: MlstmState<B>) -> MlstmState<B::InnerBackend> {
+    MlstmState {
+        c: s.c.inner(),
+        n: s.n.inner(),
+        m: s.m.inner(),
+    }
+}
+
+fn outer_state<B: AutodiffBackend>(s: MlstmState<B::InnerBackend>) -> MlstmState<B> {
+    MlstmState {
+        c: Tensor::from_inner(s.c),
+        n: Tensor::from_inner(s.n),
+        m: Tensor::from_inner(s.m),
+    }
+}

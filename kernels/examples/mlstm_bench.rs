@@ -1,0 +1,189 @@
+//! Times the mLSTM kernels the way `../shared/perf/peer_h200.py` times the official ones:
+//! warm-up, a device sync around every timed region, the median of the repeats.
+//!
+//! `cargo run --release -p xlstm-kernels --features cuda,wgpu --example mlstm_bench`
+//! (`MLSTM_BENCH_BACKENDS=cuda` or `wgpu` picks one; `MLSTM_BENCH_QUICK=1` uses small shapes).
+//! Prints one line per measurement and a table last.
+#![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
+use xlstm_kernels::MlstmBackend;
+
+/// Median milliseconds of `reps` runs of `f` (each `inner` calls, then a sync), after warm-up.
+fn time<B: Backend>(dev: &B::Device, reps: usize, inner: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        f();
+    }
+    B::sync(dev).expect("sync");
+    let mut ms: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..inner {
+                f();
+            }
+            B::sync(dev).expect("sync");
+            t.elapsed().as_secs_f64() * 1e3 / inner as f64
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+fn inputs<B: Backend>(dims: [usize; 5], dtype: DType, dev: &B::Device) -> MlstmInputs<B> {
+    let [b, nh, s, dqk, dv] = dims;
+    let n = Distribution::Normal(0.0, 1.0);
+    MlstmInputs {
+        q: Tensor::<B, 4>::random([b, nh, s, dqk], n, dev).cast(dtype),
+        k: Tensor::<B, 4>::random([b, nh, s, dqk], n, dev).cast(dtype),
+        v: Tensor::<B, 4>::random([b, nh, s, dv], n, dev).cast(dtype),
+        i_preact: Tensor::<B, 3>::random([b, nh, s], n, dev).cast(dtype),
+        f_preact: (Tensor::<B, 3>::random([b, nh, s], n, dev) + 3.0).cast(dtype),
+    }
+}
+
+/// Runs `f`, turning a panic into `None` (a shape or dtype the path does not take).
+fn guarded(f: impl FnOnce() -> f64) -> Option<f64> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+struct Row {
+    backend: &'static str,
+    what: String,
+    ms: Option<f64>,
+    peer: &'static str,
+}
+
+fn run<B: MlstmBackend>(backend: &'static str, dev: &B::Device, quick: bool, rows: &mut Vec<Row>)
+where
+    Autodiff<B>: MlstmBackend,
+{
+    let chunk = 64;
+    let shapes: [([usize; 5], &str, &str); 2] = if quick {
+        [([1, 2, 256, 64, 128], "B1 NH2 S256 DQK64 DV128", "-"), ([2, 2, 130, 48, 48], "B2 NH2 S130 D48", "-")]
+    } else {
+        [
+            ([8, 8, 8192, 256, 512], "B8 NH8 S8192 DQK256 DV512", "TFLA 6.71 / 22.37; native 34.96 / 312.5"),
+            ([32, 4, 2048, 192, 192], "B32 NH4 S2048 D192", "TFLA 1.03 / 3.78"),
+        ]
+    };
+    // WGSL has no bf16: there the kernels run on f32 inputs.
+    let (dtype, dname) = if B::supports_dtype(dev, DType::BF16) {
+        (DType::BF16, "bf16")
+    } else {
+        (DType::F32, "f32")
+    };
+    for (n, (dims, name, peer)) in shapes.iter().enumerate() {
+        let x = inputs::<B>(*dims, dtype, dev);
+        let fw = guarded(|| {
+            time::<B>(dev, 10, 1, || {
+                let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+            })
+        });
+        println!("{backend} fw {name} {dname}: {fw:?} ms");
+        rows.push(Row { backend, what: format!("fw {name} {dname}"), ms: fw, peer });
+
+        let xa = inputs::<B>(*dims, dtype, dev);
+        let xa = MlstmInputs::<Autodiff<B>> {
+            q: Tensor::from_inner(xa.q).require_grad(),
+            k: Tensor::from_inner(xa.k).require_grad(),
+            v: Tensor::from_inner(xa.v).require_grad(),
+            i_preact: Tensor::from_inner(xa.i_preact).require_grad(),
+            f_preact: Tensor::from_inner(xa.f_preact).require_grad(),
+        };
+        // Under autodiff the reference runs in the inputs' float type, its state too.
+        let [b, nh, _, dqk, dv] = *dims;
+        let zeros = MlstmState::<B>::zeros(b, nh, dqk, dv, dev);
+        let state_bf16 = MlstmState::<Autodiff<B>> {
+            c: Tensor::from_inner(zeros.c.cast(dtype)),
+            n: Tensor::from_inner(zeros.n.cast(dtype)),
+            m: Tensor::from_inner(zeros.m.cast(dtype)),
+        };
+        let fwbw = guarded(|| {
+            time::<B>(dev, 5, 1, || {
+                let (h, _) =
+                    Autodiff::<B>::mlstm_chunkwise(&xa, Some(state_bf16.clone()), chunk).unwrap();
+                let _ = h.sum().backward();
+            })
+        });
+        println!("{backend} fw+bw {name} {dname} (autodiff through the reference): {fwbw:?} ms");
+        rows.push(Row {
+            backend,
+            what: format!("fw+bw {name} {dname} (autodiff through the reference)"),
+            ms: fwbw,
+            peer: "",
+        });
+
+        if n == 0 {
+            // The tensor-op reference (xlstm-cells) on the same backend, f32 and bf16 inputs.
+            let dtypes = if dtype == DType::F32 { vec![dtype] } else { vec![DType::F32, dtype] };
+            for dtype in dtypes {
+                let xr = inputs::<B>(*dims, dtype, dev);
+                let state = (dtype == DType::BF16).then(|| {
+                    let [b, nh, _, dqk, dv] = *dims;
+                    let s = MlstmState::<B>::zeros(b, nh, dqk, dv, dev);
+                    MlstmState { c: s.c.cast(dtype), n: s.n.cast(dtype), m: s.m.cast(dtype) }
+                });
+                let r = guarded(|| {
+                    time::<B>(dev, 3, 1, || {
+                        let _ = mlstm::chunkwise(&xr, state.clone(), chunk).unwrap();
+                    })
+                });
+                println!("{backend} reference fw {name} {dtype:?}: {r:?} ms");
+                rows.push(Row { backend, what: format!("reference (tensor ops) fw {name} {dtype:?}"), ms: r, peer: "native 34.96" });
+            }
+        }
+    }
+
+    let (nh, dqk, dv) = if quick { (2, 64, 128) } else { (8, 256, 512) };
+    for (b, peer) in [(1, "triton 0.025"), (16, "triton 0.052"), (256, "triton 0.571")] {
+        let n = Distribution::Normal(0.0, 1.0);
+        let bf = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, n, dev).cast(dtype);
+        let (q, k, v) = (bf([b, nh, dqk]), bf([b, nh, dqk]), bf([b, nh, dv]));
+        let i = Tensor::<B, 2>::random([b, nh], n, dev).cast(dtype);
+        let f = (Tensor::<B, 2>::random([b, nh], n, dev) + 3.0).cast(dtype);
+        let state = MlstmState::<B> {
+            c: Tensor::random([b, nh, dqk, dv], n, dev),
+            n: Tensor::random([b, nh, dqk], n, dev),
+            m: Tensor::zeros([b, nh], dev),
+        };
+        let ms = guarded(|| {
+            time::<B>(dev, 20, 50, || {
+                let _ = B::mlstm_step(q.clone(), k.clone(), v.clone(), i.clone(), f.clone(), Some(state.clone()))
+                    .unwrap();
+            })
+        });
+        let what = format!("step B{b} NH{nh} DQK{dqk} DV{dv} ({dname} in, f32 state)");
+        println!("{backend} {what}: {ms:?} ms");
+        rows.push(Row { backend, what, ms, peer });
+    }
+}
+
+fn wanted(name: &str) -> bool {
+    match std::env::var("MLSTM_BENCH_BACKENDS") {
+        Ok(list) => list.split(',').any(|b| b.trim() == name),
+        Err(_) => true,
+    }
+}
+
+fn main() {
+    let quick = std::env::var("MLSTM_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let mut rows = vec![];
+    #[cfg(feature = "cuda")]
+    if wanted("cuda") {
+        run::<burn::backend::Cuda>("CUDA", &Default::default(), quick, &mut rows);
+    }
+    #[cfg(feature = "wgpu")]
+    if wanted("wgpu") {
+        run::<burn::backend::Wgpu>("Vulkan(wgpu)", &Default::default(), quick, &mut rows);
+    }
+    println!("\n| backend | case | ms (median) | peer (H200) |\n| --- | --- | --- | --- |");
+    for r in rows {
+        let ms = r.ms.map_or("failed".to_string(), |m| format!("{m:.3}"));
+        println!("| {} | {} | {} | {} |", r.backend, r.what, ms, r.peer);
+    }
+}

@@ -1,0 +1,314 @@
+//! [`MlstmBackend`] for burn's cube backends (CUDA, wgpu/Vulkan/Metal): the kernels of
+//! `step_kernel.rs` and `chunk_kernel.rs`, with the tensor-op reference as the fallback.
+
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_cells::CellError;
+
+use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
+use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
+use super::MlstmBackend;
+
+/// Chunk sizes the output kernel is compiled for (multiples of 16 whose `[L, L]` gate matrix
+/// fits in shared memory next to the other tiles). Any other requested size runs with
+/// [`DEFAULT_CHUNK`]: every chunk size computes the same function.
+const CHUNKS: [usize; 3] = [16, 32, 64];
+/// The chunk size used when the requested one has no kernel.
+pub const DEFAULT_CHUNK: usize = 64;
+/// `DQK` slice per shared-memory load in the output kernel.
+const SLICE: usize = 16;
+/// Bound on the f32 chunk-start states kept at once (bytes); larger batches run in groups.
+const STATES_BYTES: usize = 1 << 30;
+/// Largest cube count along one axis that every runtime accepts (WebGPU's limit).
+const MAX_CUBES: usize = 65_535;
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+/// The comptime configuration of the two chunk kernels for one call.
+struct Plan {
+    /// Chunk size `L`.
+    len: usize,
+    /// State tile entries per unit (`16·rm_state × 16·rn_state` per cube).
+    rm_state: usize,
+    rn_state: usize,
+    /// Output columns per unit (`16·rn_out` per cube).
+    rn_out: usize,
+}
+
+impl Plan {
+    /// The largest tiles whose shared memory fits `limit` bytes, trying the requested chunk
+    /// size first, then smaller ones; `None` when nothing fits.
+    fn choose(requested: usize, dqk: usize, dv: usize, limit: usize) -> Option<Self> {
+        let big = dqk >= 128 && dv >= 128;
+        // Larger tiles only once the state is large enough to fill the device with them:
+        // twice the arithmetic per shared-memory read.
+        let state_tiles: &[(usize, usize)] = if big { &[(8, 8), (4, 4)] } else { &[(4, 4)] };
+        let out_tiles: &[usize] = if dv >= 128 { &[8, 4] } else { &[4] };
+        let lens = CHUNKS.iter().rev().filter(|&&l| l <= requested);
+        for &len in lens {
+            let state = state_tiles
+                .iter()
+                .find(|(rm, rn)| Self::state_bytes(len, *rm, *rn) <= limit);
+            let out = out_tiles
+                .iter()
+                .find(|rn| Self::out_bytes(len, **rn) <= limit);
+            if let (Some(&(rm_state, rn_state)), Some(&rn_out)) = (state, out) {
+                return Some(Self { len, rm_state, rn_state, rn_out });
+            }
+        }
+        None
+    }
+
+    /// Shared memory of `mlstm_chunk_states_kernel` in bytes.
+    fn state_bytes(len: usize, rm: usize, rn: usize) -> usize {
+        4 * (SUB * 16 * (rm + rn) + 2 * len)
+    }
+
+    /// Shared memory of `mlstm_chunk_outputs_kernel` in bytes.
+    fn out_bytes(len: usize, rn: usize) -> usize {
+        4 * (2 * len * (SLICE + 1) + SLICE * 16 * rn + SLICE + len * (len + 1) + 5 * len)
+    }
+}
+
+fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: Tensor<Cube<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+fn wrap<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: CubeTensor<R>,
+) -> Tensor<Cube<R, F, I, BT>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape.into(), dtype)
+}
+
+/// Whether the kernels take this float type (f32, f16, bf16).
+fn supported(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The state to start from in the inputs' batch/head/size, in a float type of its own.
+fn start_state<B: MlstmBackend>(
+    state: Option<MlstmState<B>>,
+    [b, nh, dqk, dv]: [usize; 4],
+    device: &B::Device,
+) -> Result<MlstmState<B>, CellError> {
+    match state {
+        Some(state) => {
+            state.check(b, nh, dqk, dv)?;
+            Ok(state)
+        }
+        None => Ok(MlstmState::zeros(b, nh, dqk, dv, device)),
+    }
+}
+
+impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn mlstm_chunkwise(
+        x: &MlstmInputs<Self>,
+        state: Option<MlstmState<Self>>,
+        chunk_size: usize,
+    ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
+        let [b, nh, s, dqk, dv] = x.dims()?;
+        if s == 0 || chunk_size == 0 {
+            return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+        }
+        let state = start_state(state, [b, nh, dqk, dv], &x.q.device())?;
+        let dtype = x.q.dtype();
+        let state_dtype = state.c.dtype();
+        let requested = if CHUNKS.contains(&chunk_size) {
+            chunk_size
+        } else {
+            DEFAULT_CHUNK
+        };
+        let shared = x.q.clone().into_primitive().tensor();
+        let limit = shared.client.properties().hardware.max_shared_memory_size;
+        let Some(plan) = Plan::choose(requested, dqk, dv, limit) else {
+            return xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size);
+        };
+        let len = plan.len;
+        let chunks = s.div_ceil(len);
+        let (rm_state, rn_state, rn_out) = (plan.rm_state, plan.rn_state, plan.rn_out);
+        let tiles_out = chunks * dv.div_ceil(16 * rn_out);
+        let tiles_state = dqk.div_ceil(16 * rm_state) * dv.div_ceil(16 * rn_state);
+        if !supported(dtype)
+            || !supported(state_dtype)
+            || tiles_out > MAX_CUBES
+            || tiles_state > MAX_CUBES
+            || nh > MAX_CUBES
+            || b > MAX_CUBES
+        {
+            return xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size);
+        }
+        let same = |t: Tensor<Self, 3>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let same4 = |t: Tensor<Self, 4>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let q = prim(x.q.clone());
+        let k = prim(same4(x.k.clone()));
+        let v = prim(same4(x.v.clone()));
+        let i_pre = prim(same(x.i_preact.clone()));
+        let f_pre = prim(same(x.f_preact.clone()));
+        let c0 = prim(state.c);
+        let n0 = prim(state.n.cast(state_dtype));
+        let m0 = prim(state.m.cast(state_dtype));
+
+        // The chunk-start states are f32 [G, NH, NC, DQK, DV]: the batch runs in groups of G
+        // entries so that they stay under STATES_BYTES.
+        let per_entry = nh * chunks * dqk * dv * 4;
+        let group = (STATES_BYTES / per_entry).clamp(1, b);
+        let c_start = empty(&q, vec![group, nh, chunks, dqk, dv], DType::F32);
+        let n_start = empty(&q, vec![group, nh, chunks, dqk], DType::F32);
+        let m_start = empty(&q, vec![group, nh, chunks], DType::F32);
+        let c_out = empty(&q, vec![b, nh, dqk, dv], state_dtype);
+        let n_out = empty(&q, vec![b, nh, dqk], state_dtype);
+        let m_out = empty(&q, vec![b, nh], state_dtype);
+        let h = empty(&q, vec![b, nh, s, dv], dtype);
+        let key_scale = 1.0 / (dqk as f32).sqrt();
+        let client = q.client.clone();
+
+        for first in (0..b).step_by(group) {
+            let entries = group.min(b - first);
+            mlstm_chunk_states_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(tiles_state as u32, nh as u32, entries as u32),
+                CubeDim::new_2d(UNITS, UNITS),
+                k.clone().into_tensor_arg(),
+                v.clone().into_tensor_arg(),
+                i_pre.clone().into_tensor_arg(),
+                f_pre.clone().into_tensor_arg(),
+                c0.clone().into_tensor_arg(),
+                n0.clone().into_tensor_arg(),
+                m0.clone().into_tensor_arg(),
+                c_start.clone().into_tensor_arg(),
+                n_start.clone().into_tensor_arg(),
+                m_start.clone().into_tensor_arg(),
+                c_out.clone().into_tensor_arg(),
+                n_out.clone().into_tensor_arg(),
+                m_out.clone().into_tensor_arg(),
+                key_scale,
+                first as u32,
+                len,
+                rm_state,
+                rn_state,
+                [dtype.into(), state_dtype.into()],
+            );
+            mlstm_chunk_outputs_kernel::launch::<R>(
+                &client,
+                CubeCount::Static(tiles_out as u32, nh as u32, entries as u32),
+                CubeDim::new_2d(UNITS, UNITS),
+                q.clone().into_tensor_arg(),
+                k.clone().into_tensor_arg(),
+                v.clone().into_tensor_arg(),
+                i_pre.clone().into_tensor_arg(),
+                f_pre.clone().into_tensor_arg(),
+                c_start.clone().into_tensor_arg(),
+                n_start.clone().into_tensor_arg(),
+                m_start.clone().into_tensor_arg(),
+                h.clone().into_tensor_arg(),
+                key_scale,
+                EPS as f32,
+                first as u32,
+                len,
+                rn_out,
+                SLICE,
+                dtype.into(),
+            );
+        }
+        Ok((
+            wrap(h),
+            MlstmState {
+                c: wrap(c_out),
+                n: wrap(n_out),
+                m: wrap(m_out),
+            },
+        ))
+    }
+
+    fn mlstm_step(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        i_preact: Tensor<Self, 2>,
+        f_preact: Tensor<Self, 2>,
+        state: Option<MlstmState<Self>>,
+    ) -> Result<(Tensor<Self, 3>, MlstmState<Self>), CellError> {
+        let [b, nh, dqk] = q.dims();
+        let dv = v.dims()[2];
+        let shapes_agree = k.dims() == [b, nh, dqk]
+            && v.dims() == [b, nh, dv]
+            && i_preact.dims() == [b, nh]
+            && f_preact.dims() == [b, nh];
+        if !shapes_agree || b == 0 || nh == 0 || dqk == 0 || dv == 0 {
+            // The reference names the offending field.
+            return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state);
+        }
+        let state = start_state(state, [b, nh, dqk, dv], &q.device())?;
+        let dtype = q.dtype();
+        let state_dtype = state.c.dtype();
+        let tiles = dv.div_ceil(TILE_V as usize);
+        if !supported(dtype)
+            || !supported(state_dtype)
+            || tiles > MAX_CUBES
+            || nh > MAX_CUBES
+            || b > MAX_CUBES
+        {
+            return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, Some(state));
+        }
+        let same = |t: Tensor<Self, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let same3 = |t: Tensor<Self, 3>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+        let q = prim(q);
+        let k = prim(same3(k));
+        let v = prim(same3(v));
+        let i_pre = prim(same(i_preact));
+        let f_pre = prim(same(f_preact));
+        let c = prim(state.c);
+        let n = prim(state.n.cast(state_dtype));
+        let m = prim(state.m.cast(state_dtype));
+        let h = empty(&q, vec![b, nh, dv], dtype);
+        let c_out = empty(&q, vec![b, nh, dqk, dv], state_dtype);
+        let n_out = empty(&q, vec![b, nh, dqk], state_dtype);
+        let m_out = empty(&q, vec![b, nh], state_dtype);
+        let client = q.client.clone();
+        mlstm_step_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(tiles as u32, nh as u32, b as u32),
+            CubeDim::new_2d(TILE_V, ROWS),
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            i_pre.into_tensor_arg(),
+            f_pre.into_tensor_arg(),
+            c.into_tensor_arg(),
+            n.into_tensor_arg(),
+            m.into_tensor_arg(),
+            h.clone().into_tensor_arg(),
+            c_out.clone().into_tensor_arg(),
+            n_out.clone().into_tensor_arg(),
+            m_out.clone().into_tensor_arg(),
+            1.0 / (dqk as f32).sqrt(),
+            EPS as f32,
+            [dtype.into(), state_dtype.into()],
+        );
+        Ok((
+            wrap(h),
+            MlstmState {
+                c: wrap(c_out),
+                n: wrap(n_out),
+                m: wrap(m_out),
+            },
+        ))
+    }
+}

@@ -1,0 +1,456 @@
+//! The mLSTM kernels (cube backends) against the tensor-op reference of `xlstm_cells::mlstm`
+//! on NdArray<f32>, and against the golden `mlstm_cell` cases.
+//!
+//! `cargo test -p xlstm-kernels --features wgpu` runs them on wgpu (lavapipe in CI). Built with
+//! `cuda` too, they run on every compiled backend; `XLSTM_KERNEL_BACKENDS=cuda` (or `wgpu`)
+//! picks one, `XLSTM_KERNEL_TESTS_LARGE=1` adds large shapes (for a GPU).
+#![cfg(feature = "cube")]
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
+use xlstm_golden::{cases, golden_dir, rel_l2};
+use xlstm_kernels::MlstmBackend;
+
+type Ref = NdArray<f32>;
+
+/// Runs `$check::<B>(&device)` on every compiled cube backend that the environment allows.
+macro_rules! on_backends {
+    ($check:ident) => {{
+        #[cfg(feature = "wgpu")]
+        if wanted("wgpu") {
+            $check::<burn::backend::Wgpu>(&Default::default());
+        }
+        #[cfg(feature = "cuda")]
+        if wanted("cuda") {
+            $check::<burn::backend::Cuda>(&Default::default());
+        }
+    }};
+}
+
+fn wanted(name: &str) -> bool {
+    match std::env::var("XLSTM_KERNEL_BACKENDS") {
+        Ok(list) => list.split(',').any(|b| b.trim() == name),
+        Err(_) => true,
+    }
+}
+
+fn large() -> bool {
+    std::env::var("XLSTM_KERNEL_TESTS_LARGE").is_ok_and(|v| v == "1")
+}
+
+/// A small deterministic generator (xorshift64*), uniform in `[lo, hi)`.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                let u = (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                lo + (hi - lo) * u
+            })
+            .collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.uniform(1, 0.0, n as f32)[0] as usize).min(n - 1)
+    }
+}
+
+fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D], dev: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), dev)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    let t = if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
+    t.into_data()
+        .to_vec::<f32>()
+        .expect("f32 data")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| burn::tensor::bf16::from_f32(*x).to_f32()).collect()
+}
+
+/// Host data of one problem: inputs and an initial state.
+struct Problem {
+    dims: [usize; 5],
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    i: Vec<f32>,
+    f: Vec<f32>,
+    c: Vec<f32>,
+    n: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl Problem {
+    /// Forget pre-activations in `f_range`, input gates in [-4, 4]: both stabiliser branches.
+    fn new(seed: u64, dims: [usize; 5], f_range: (f32, f32)) -> Self {
+        let [b, nh, s, dqk, dv] = dims;
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        Self {
+            dims,
+            q: r.uniform(b * nh * s * dqk, -1.7, 1.7),
+            k: r.uniform(b * nh * s * dqk, -1.7, 1.7),
+            v: r.uniform(b * nh * s * dv, -1.7, 1.7),
+            i: r.uniform(b * nh * s, -4.0, 4.0),
+            f: r.uniform(b * nh * s, f_range.0, f_range.1),
+            c: r.uniform(b * nh * dqk * dv, -0.5, 0.5),
+            n: r.uniform(b * nh * dqk, -0.5, 0.5),
+            m: r.uniform(b * nh, -2.0, 2.0),
+        }
+    }
+
+    fn bf16(mut self) -> Self {
+        for x in [&mut self.q, &mut self.k, &mut self.v, &mut self.i, &mut self.f] {
+            *x = round_bf16(x);
+        }
+        self
+    }
+
+    fn inputs<B: Backend>(&self, dev: &B::Device) -> MlstmInputs<B> {
+        let [b, nh, s, dqk, dv] = self.dims;
+        MlstmInputs {
+            q: tensor(&self.q, [b, nh, s, dqk], dev),
+            k: tensor(&self.k, [b, nh, s, dqk], dev),
+            v: tensor(&self.v, [b, nh, s, dv], dev),
+            i_preact: tensor(&self.i, [b, nh, s], dev),
+            f_preact: tensor(&self.f, [b, nh, s], dev),
+        }
+    }
+
+    fn state<B: Backend>(&self, dev: &B::Device) -> MlstmState<B> {
+        let [b, nh, _, dqk, dv] = self.dims;
+        MlstmState {
+            c: tensor(&self.c, [b, nh, dqk, dv], dev),
+            n: tensor(&self.n, [b, nh, dqk], dev),
+            m: tensor(&self.m, [b, nh], dev),
+        }
+    }
+}
+
+fn check(what: &str, got: Vec<f64>, want: Vec<f64>, bound: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert!(got.iter().all(|x| x.is_finite()), "{what}: non-finite output");
+    let err = rel_l2(&got, &want);
+    assert!(err <= bound, "{what}: relative L2 error {err:e} > {bound:e}");
+}
+
+fn check_state<B: Backend>(what: &str, got: MlstmState<B>, want: MlstmState<Ref>, bound: f64) {
+    check(&format!("{what} C"), values(got.c), values(want.c), bound);
+    check(&format!("{what} n"), values(got.n), values(want.n), bound);
+    check(&format!("{what} m"), values(got.m), values(want.m), bound);
+}
+
+/// Chunkwise forward and final state, with and without an initial state.
+fn chunkwise_case<B: MlstmBackend>(dev: &B::Device, seed: u64, dims: [usize; 5], chunk: usize, bf16: bool) {
+    let f_range = if seed % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
+    let mut p = Problem::new(seed, dims, f_range);
+    if bf16 {
+        p = p.bf16();
+    }
+    let bound = if bf16 { 2e-2 } else { 1e-5 };
+    let what = format!("chunkwise {dims:?} chunk {chunk} bf16 {bf16}");
+    for with_state in [false, true] {
+        let rx = p.inputs::<Ref>(&Default::default());
+        let rs = with_state.then(|| p.state::<Ref>(&Default::default()));
+        let (want_h, want_state) = mlstm::chunkwise(&rx, rs, chunk).unwrap();
+
+        let mut x = p.inputs::<B>(dev);
+        if bf16 {
+            x = MlstmInputs {
+                q: x.q.cast(DType::BF16),
+                k: x.k.cast(DType::BF16),
+                v: x.v.cast(DType::BF16),
+                i_preact: x.i_preact.cast(DType::BF16),
+                f_preact: x.f_preact.cast(DType::BF16),
+            };
+        }
+        let s = with_state.then(|| p.state::<B>(dev));
+        let (h, state) = B::mlstm_chunkwise(&x, s, chunk).unwrap();
+        assert_eq!(h.dims(), want_h.dims());
+        let what = format!("{what} state {with_state}");
+        check(&format!("{what} h"), values(h), values(want_h), bound);
+        check_state(&what, state, want_state, if bf16 { bound } else { 1e-5 });
+    }
+}
+
+fn awkward_chunkwise<B: MlstmBackend>(dev: &B::Device) {
+    // [B, NH, S, DQK, DV], chunk
+    let cases: &[([usize; 5], usize)] = &[
+        ([1, 1, 1, 16, 16], 64),
+        ([1, 1, 7, 16, 24], 16),
+        ([2, 3, 33, 32, 16], 16),
+        ([1, 2, 65, 48, 80], 64),
+        ([3, 1, 100, 24, 40], 32),
+        ([1, 1, 129, 64, 64], 64),
+        ([2, 2, 70, 16, 130], 20), // a chunk size without a kernel, DV over one 128-wide tile
+    ];
+    for (n, (dims, chunk)) in cases.iter().enumerate() {
+        chunkwise_case::<B>(dev, n as u64, *dims, *chunk, false);
+    }
+}
+
+fn random_chunkwise<B: MlstmBackend>(dev: &B::Device) {
+    let mut r = Rng(0xC0FFEE);
+    let count = if large() { 12 } else { 4 };
+    for n in 0..count {
+        let budget = if large() { 1 << 24 } else { 1 << 16 };
+        let b = 1 + r.below(if large() { 16 } else { 3 });
+        let nh = 1 + r.below(if large() { 8 } else { 3 });
+        let dqk = 16 + r.below(if large() { 497 } else { 49 });
+        let dv = 16 + r.below(if large() { 497 } else { 49 });
+        let max_s = (budget / (b * nh * (dqk + dv))).clamp(1, 8192);
+        let s = 1 + r.below(max_s);
+        let chunk = [16, 32, 64][r.below(3)];
+        chunkwise_case::<B>(dev, 100 + n, [b, nh, s, dqk, dv], chunk, false);
+    }
+}
+
+fn bf16_chunkwise<B: MlstmBackend>(dev: &B::Device) {
+    if !B::supports_dtype(dev, DType::BF16) {
+        eprintln!("bf16 not supported by this backend (WGSL has no bf16): skipped");
+        return;
+    }
+    chunkwise_case::<B>(dev, 7, [2, 2, 77, 32, 48], 64, true);
+    if large() {
+        chunkwise_case::<B>(dev, 8, [2, 2, 2049, 256, 512], 64, true);
+    }
+}
+
+fn large_chunkwise<B: MlstmBackend>(dev: &B::Device) {
+    if large() {
+        chunkwise_case::<B>(dev, 11, [2, 2, 2049, 256, 512], 64, false);
+        chunkwise_case::<B>(dev, 12, [1, 1, 8192, 64, 96], 64, false);
+        chunkwise_case::<B>(dev, 13, [1, 1, 8191, 192, 192], 32, false);
+    }
+}
+
+/// Several steps from a random state against the reference step, then against chunkwise.
+fn steps<B: MlstmBackend>(dev: &B::Device) {
+    let shapes: &[[usize; 5]] = if large() {
+        &[[1, 1, 3, 16, 16], [2, 3, 4, 40, 72], [3, 2, 2, 256, 512]]
+    } else {
+        &[[1, 1, 3, 16, 16], [2, 3, 4, 40, 72], [1, 2, 2, 64, 160]]
+    };
+    for (n, dims) in shapes.iter().enumerate() {
+        let [b, nh, s, dqk, dv] = *dims;
+        let p = Problem::new(50 + n as u64, *dims, (-3.0, 8.0));
+        let rx = p.inputs::<Ref>(&Default::default());
+        let x = p.inputs::<B>(dev);
+        let mut rstate = p.state::<Ref>(&Default::default());
+        let mut state = p.state::<B>(dev);
+        let mut hs = vec![];
+        for t in 0..s {
+            let (rt, kt) = (rx.narrow(t, 1), x.narrow(t, 1));
+            let (want_h, next_ref) = mlstm::step(
+                rt.q.reshape([b, nh, dqk]),
+                rt.k.reshape([b, nh, dqk]),
+                rt.v.reshape([b, nh, dv]),
+                rt.i_preact.reshape([b, nh]),
+                rt.f_preact.reshape([b, nh]),
+                Some(rstate),
+            )
+            .unwrap();
+            let (h, next) = B::mlstm_step(
+                kt.q.reshape([b, nh, dqk]),
+                kt.k.reshape([b, nh, dqk]),
+                kt.v.reshape([b, nh, dv]),
+                kt.i_preact.reshape([b, nh]),
+                kt.f_preact.reshape([b, nh]),
+                Some(state),
+            )
+            .unwrap();
+            let what = format!("step {t} of {dims:?}");
+            check(&format!("{what} h"), values(h.clone()), values(want_h), 1e-5);
+            check_state(&what, next.clone(), next_ref.clone(), 1e-5);
+            hs.push(h);
+            rstate = next_ref;
+            state = next;
+        }
+        // The same tokens through the chunkwise kernel.
+        let (hc, sc) = B::mlstm_chunkwise(&x, Some(p.state::<B>(dev)), 16).unwrap();
+        let h: Tensor<B, 4> = Tensor::stack(hs, 2);
+        check("steps vs chunkwise h", values(h), values(hc), 1e-5);
+        check("steps vs chunkwise C", values(state.c), values(sc.c), 1e-5);
+    }
+    if !B::supports_dtype(dev, DType::BF16) {
+        eprintln!("bf16 not supported by this backend (WGSL has no bf16): skipped");
+        return;
+    }
+    // Zero state (None) and bf16 inputs with an f32 state.
+    let p = Problem::new(60, [2, 2, 1, 32, 48], (-3.0, 8.0)).bf16();
+    let rx = p.inputs::<Ref>(&Default::default());
+    let x = p.inputs::<B>(dev);
+    let [b, nh, dqk, dv] = [2, 2, 32, 48];
+    let (want_h, want_state) = mlstm::step(
+        rx.q.reshape([b, nh, dqk]),
+        rx.k.reshape([b, nh, dqk]),
+        rx.v.reshape([b, nh, dv]),
+        rx.i_preact.reshape([b, nh]),
+        rx.f_preact.reshape([b, nh]),
+        None,
+    )
+    .unwrap();
+    let bf = |t: Tensor<B, 4>, d: usize| t.reshape([b, nh, d]).cast(DType::BF16);
+    let (h, state) = B::mlstm_step(
+        bf(x.q, dqk),
+        bf(x.k, dqk),
+        bf(x.v, dv),
+        x.i_preact.reshape([b, nh]).cast(DType::BF16),
+        x.f_preact.reshape([b, nh]).cast(DType::BF16),
+        None,
+    )
+    .unwrap();
+    assert_eq!(state.c.dtype(), DType::F32, "the state stays f32");
+    check("bf16 step h", values(h), values(want_h), 2e-2);
+    check_state("bf16 step", state, want_state, 1e-5);
+}
+
+/// Gradients of `B::mlstm_chunkwise` under autodiff against the reference's.
+fn gradients<B: MlstmBackend>(dev: &B::Device) {
+    type A<B> = Autodiff<B>;
+    type RA = Autodiff<Ref>;
+    for (n, (dims, chunk)) in [([2, 2, 37, 24, 40], 16), ([1, 3, 70, 32, 16], 64)].iter().enumerate() {
+        let p = Problem::new(70 + n as u64, *dims, (-3.0, 8.0));
+        let [b, nh, s, _, dv] = *dims;
+        let w = Rng(5 + n as u64).uniform(b * nh * s * dv, -1.0, 1.0);
+        let grads_of = |x: &MlstmInputs<RA>| vec![x.q.clone(), x.k.clone(), x.v.clone()];
+        let rx = p.inputs::<RA>(&Default::default());
+        let rx = MlstmInputs {
+            q: rx.q.require_grad(),
+            k: rx.k.require_grad(),
+            v: rx.v.require_grad(),
+            i_preact: rx.i_preact.require_grad(),
+            f_preact: rx.f_preact.require_grad(),
+        };
+        let (h, st) = mlstm::chunkwise(&rx, Some(p.state::<RA>(&Default::default())), *chunk).unwrap();
+        let loss = (h * tensor::<RA, 4>(&w, [b, nh, s, dv], &Default::default())).sum() + st.c.sum();
+        let g = loss.backward();
+        let want: Vec<Vec<f64>> = grads_of(&rx)
+            .into_iter()
+            .map(|t| values(t.grad(&g).unwrap()))
+            .chain([rx.i_preact.grad(&g).unwrap(), rx.f_preact.grad(&g).unwrap()].map(values))
+            .collect();
+
+        let x = p.inputs::<A<B>>(dev);
+        let x = MlstmInputs {
+            q: x.q.require_grad(),
+            k: x.k.require_grad(),
+            v: x.v.require_grad(),
+            i_preact: x.i_preact.require_grad(),
+            f_preact: x.f_preact.require_grad(),
+        };
+        let (h, st) = A::<B>::mlstm_chunkwise(&x, Some(p.state::<A<B>>(dev)), *chunk).unwrap();
+        let loss = (h * tensor::<A<B>, 4>(&w, [b, nh, s, dv], dev)).sum() + st.c.sum();
+        let g = loss.backward();
+        let got = [
+            values(x.q.grad(&g).unwrap()),
+            values(x.k.grad(&g).unwrap()),
+            values(x.v.grad(&g).unwrap()),
+            values(x.i_preact.grad(&g).unwrap()),
+            values(x.f_preact.grad(&g).unwrap()),
+        ];
+        for ((name, got), want) in ["q", "k", "v", "i", "f"].iter().zip(got).zip(want) {
+            check(&format!("grad {name} of {dims:?}"), got, want, 1e-4);
+        }
+    }
+}
+
+/// The golden `mlstm_cell` cases of the official code through the kernels.
+fn golden<B: MlstmBackend>(dev: &B::Device) {
+    let all = cases(&golden_dir()).expect("golden cases");
+    let mut seen = 0;
+    for case in all.iter().filter(|c| c.kind == "mlstm_cell") {
+        let q: Tensor<B, 4> = case.get("input.q").to_tensor(dev);
+        let [b, nh, s, dqk] = q.dims();
+        let gate = |name: &str| -> Tensor<B, 3> { case.get(name).to_tensor::<B, 4>(dev).reshape([b, nh, s]) };
+        let x = MlstmInputs {
+            q,
+            k: case.get("input.k").to_tensor(dev),
+            v: case.get("input.v").to_tensor(dev),
+            i_preact: gate("input.igate_preact"),
+            f_preact: gate("input.fgate_preact"),
+        };
+        let dv = x.v.dims()[3];
+        for output in case.names("output.") {
+            let want = case.get(&format!("output.{output}")).values.clone();
+            let what = format!("{} {output}", case.name);
+            if output == "h_parallel" {
+                let empty = MlstmState::empty(b, nh, dqk, dv, dev);
+                let (h, _) = B::mlstm_chunkwise(&x, Some(empty), 64).unwrap();
+                check(&what, values(h), want, 1e-5);
+            } else if output == "h_recurrent" {
+                let mut state = None;
+                let mut hs = vec![];
+                for t in 0..s {
+                    let tok = x.narrow(t, 1);
+                    let (h, next) = B::mlstm_step(
+                        tok.q.reshape([b, nh, dqk]),
+                        tok.k.reshape([b, nh, dqk]),
+                        tok.v.reshape([b, nh, dv]),
+                        tok.i_preact.reshape([b, nh]),
+                        tok.f_preact.reshape([b, nh]),
+                        state,
+                    )
+                    .unwrap();
+                    hs.push(h);
+                    state = Some(next);
+                }
+                let state = state.unwrap();
+                check(&what, values(Tensor::stack::<4>(hs, 2)), want, 1e-5);
+                check("c_last", values(state.c), case.get("output.c_last").values.clone(), 1e-5);
+                check("n_last", values(state.n), case.get("output.n_last").values.clone(), 1e-5);
+                check("m_last", values(state.m), case.get("output.m_last").values.clone(), 1e-5);
+            } else if let Some(chunk) = output.strip_prefix("h_chunkwise_cs") {
+                let chunk: usize = chunk.parse().unwrap();
+                let (h, _) = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+                check(&what, values(h), want, 1e-5);
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no golden mlstm_cell case found");
+}
+
+#[test]
+fn chunkwise_matches_reference_on_awkward_shapes() {
+    on_backends!(awkward_chunkwise);
+}
+
+#[test]
+fn chunkwise_matches_reference_on_random_shapes() {
+    on_backends!(random_chunkwise);
+}
+
+#[test]
+fn chunkwise_bf16_inputs() {
+    on_backends!(bf16_chunkwise);
+}
+
+#[test]
+fn chunkwise_large_shapes() {
+    on_backends!(large_chunkwise);
+}
+
+#[test]
+fn step_matches_reference_and_chunkwise() {
+    on_backends!(steps);
+}
+
+#[test]
+fn gradients_match_reference() {
+    on_backends!(gradients);
+}
+
+#[test]
+fn golden_mlstm_cell_cases() {
+    on_backends!(golden);
+}
