@@ -1,6 +1,8 @@
 pub mod mlstm_cell;
 pub mod slstm_cell;
+#[cfg(not(feature = "wgpu"))]
 pub mod xlstm_large;
+#[cfg(not(feature = "wgpu"))]
 pub mod xlstm_lm;
 
 use xlstm_golden::{rel_l2, Array};
@@ -41,6 +43,7 @@ impl Report {
     }
 
     /// A golden tensor that has no counterpart in the model: a failure.
+    #[cfg_attr(feature = "wgpu", allow(dead_code))]
     pub fn missing(&mut self, case: &str, what: &str) {
         let line = format!("{case:>16} {what:<40} no such parameter / gradient in the model");
         println!("{line}  FAILED");
