@@ -163,12 +163,17 @@ fn check<B: AutodiffBackend + SlstmBackend>(
     device: &B::Device,
     dtype: FloatDType,
     bounds: (f64, f64),
+    dr_bound: f64,
 ) {
     let want = run::<Reference>(p, &Default::default(), FloatDType::F32);
     let got = run::<B>(p, device, dtype);
     let mut failures = vec![];
     for ((what, g), (_, w)) in got.iter().zip(&want) {
-        let bound = if what.starts_with('d') { bounds.1 } else { bounds.0 };
+        let bound = match *what {
+            "d r" => dr_bound,
+            w if w.starts_with('d') => bounds.1,
+            _ => bounds.0,
+        };
         let err = rel_l2(g, w);
         if err.is_nan() || err > bound {
             failures.push(format!(
@@ -218,11 +223,13 @@ fn shapes() -> Vec<(usize, usize, usize, usize, bool, usize)> {
     v
 }
 
-fn random_shapes<B: AutodiffBackend + SlstmBackend>(backend: &str, device: &B::Device) {
+/// `dr_bound`: the bound on `dR`, which is a matmul over batch and time after the kernel; on
+/// CUDA burn's f32 matmul runs on TF32 tensor cores (rel ~2e-4), elsewhere in f32.
+fn random_shapes<B: AutodiffBackend + SlstmBackend>(backend: &str, device: &B::Device, dr_bound: f64) {
     for (i, &(batch, seq, nh, dh, state, bb)) in shapes().iter().enumerate() {
         set_batch_block(bb);
         let p = Problem::new(i as u64 + 1, batch, seq, nh, dh, state);
-        check::<B>(&format!("{backend} f32 #{i}"), &p, device, FloatDType::F32, (1e-5, 1e-4));
+        check::<B>(&format!("{backend} f32 #{i}"), &p, device, FloatDType::F32, (1e-5, 1e-4), dr_bound);
     }
     set_batch_block(0);
 }
@@ -232,7 +239,7 @@ fn random_shapes_bf16<B: AutodiffBackend + SlstmBackend>(backend: &str, device: 
         set_batch_block(bb);
         let mut p = Problem::new(100 + i as u64, batch, seq.min(300), nh, dh, state);
         round_bf16(&mut p);
-        check::<B>(&format!("{backend} bf16 #{i}"), &p, device, FloatDType::BF16, (1e-2, 1e-2));
+        check::<B>(&format!("{backend} bf16 #{i}"), &p, device, FloatDType::BF16, (1e-2, 1e-2), 1e-2);
     }
     set_batch_block(0);
 }
@@ -247,7 +254,7 @@ fn set_batch_block(bb: usize) {
 }
 
 /// The golden `slstm_cell` cases (official code) through `B::slstm_sequence`.
-fn golden<B: AutodiffBackend + SlstmBackend>(device: &B::Device) {
+fn golden<B: AutodiffBackend + SlstmBackend>(device: &B::Device, dr_bound: f64) {
     let cases = xlstm_golden::cases(&xlstm_golden::golden_dir()).unwrap();
     let mut seen = 0;
     for case in cases.iter().filter(|c| c.kind == "slstm_cell") {
@@ -263,7 +270,7 @@ fn golden<B: AutodiffBackend + SlstmBackend>(device: &B::Device) {
         let pairs = [
             ("output.y", Array::from_tensor(y), 1e-5),
             ("grad.x", Array::from_tensor(x.grad(&grads).unwrap()), 1e-4),
-            ("grad.R", Array::from_tensor(r.grad(&grads).unwrap()), 1e-4),
+            ("grad.R", Array::from_tensor(r.grad(&grads).unwrap()), dr_bound),
             ("grad.b", Array::from_tensor(bias.grad(&grads).unwrap()), 1e-4),
         ];
         for (key, got, bound) in pairs {
@@ -283,12 +290,12 @@ mod wgpu {
 
     #[test]
     fn wgpu_random_shapes_f32() {
-        random_shapes::<B>("wgpu", &Default::default());
+        random_shapes::<B>("wgpu", &Default::default(), 1e-4);
     }
 
     #[test]
     fn wgpu_golden_slstm_cell() {
-        golden::<B>(&Default::default());
+        golden::<B>(&Default::default(), 1e-4);
     }
 }
 
@@ -296,10 +303,12 @@ mod wgpu {
 mod cuda {
     use super::*;
     type B = Autodiff<burn::backend::Cuda<f32, i32>>;
+    /// burn's CUDA f32 matmul (used for dR) runs on TF32 tensor cores.
+    const TF32_BOUND: f64 = 1e-3;
 
     #[test]
     fn cuda_random_shapes_f32() {
-        random_shapes::<B>("cuda", &Default::default());
+        random_shapes::<B>("cuda", &Default::default(), TF32_BOUND);
     }
 
     #[test]
@@ -309,6 +318,6 @@ mod cuda {
 
     #[test]
     fn cuda_golden_slstm_cell() {
-        golden::<B>(&Default::default());
+        golden::<B>(&Default::default(), TF32_BOUND);
     }
 }

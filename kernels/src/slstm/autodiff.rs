@@ -36,8 +36,8 @@ impl<B: SlstmBackend, C: CheckpointStrategy> SlstmBackend for Autodiff<B, C> {
         weights: &SlstmWeights<Self>,
         state: Option<SlstmState<Self>>,
     ) -> Result<(Tensor<Self, 3>, SlstmState<Self>), CellError> {
-        let (batch, seq, nh, dh) = check_inputs(&wx, weights, state.as_ref())?;
-        let state0 = pack_state(state.clone(), batch, nh * dh, &wx.device());
+        let (_, seq, nh, dh) = check_inputs(&wx, weights, state.as_ref())?;
+        let state0 = pack_state(state.clone(), &wx, nh * dh);
         let inputs = [
             wx.clone().into_primitive().tensor(),
             weights.r.clone().into_primitive().tensor(),

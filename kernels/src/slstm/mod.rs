@@ -123,13 +123,12 @@ fn check_inputs<B: Backend>(
 /// The initial state packed `[4, B, H]` (zeros for `None`).
 fn pack_state<B: Backend>(
     state: Option<SlstmState<B>>,
-    batch: usize,
+    wx: &Tensor<B, 3>,
     hidden: usize,
-    device: &B::Device,
 ) -> Tensor<B, 3> {
     match state {
         Some(s) => Tensor::stack(vec![s.h, s.c, s.n, s.m], 0),
-        None => Tensor::zeros([4, batch, hidden], device),
+        None => Tensor::<B, 3>::zeros([4, wx.dims()[0], hidden], &wx.device()).cast(wx.dtype()),
     }
 }
 
@@ -153,8 +152,8 @@ pub fn fused_or_reference<B: SlstmBackend>(
     weights: &SlstmWeights<B>,
     state: Option<SlstmState<B>>,
 ) -> Result<(Tensor<B, 3>, SlstmState<B>), CellError> {
-    let (batch, seq, nh, dh) = check_inputs(&wx, weights, state.as_ref())?;
-    let state0 = pack_state(state.clone(), batch, nh * dh, &wx.device());
+    let (_, seq, nh, dh) = check_inputs(&wx, weights, state.as_ref())?;
+    let state0 = pack_state(state.clone(), &wx, nh * dh);
     let fused = B::slstm_fused_forward(
         wx.clone().into_primitive().tensor(),
         weights.r.clone().into_primitive().tensor(),
