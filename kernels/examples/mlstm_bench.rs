@@ -64,11 +64,22 @@ where
 {
     let chunk = 64;
     let shapes: [([usize; 5], &str, &str); 2] = if quick {
-        [([1, 2, 256, 64, 128], "B1 NH2 S256 DQK64 DV128", "-"), ([2, 2, 130, 48, 48], "B2 NH2 S130 D48", "-")]
+        [
+            ([1, 2, 256, 64, 128], "B1 NH2 S256 DQK64 DV128", "-"),
+            ([2, 2, 130, 48, 48], "B2 NH2 S130 D48", "-"),
+        ]
     } else {
         [
-            ([8, 8, 8192, 256, 512], "B8 NH8 S8192 DQK256 DV512", "TFLA 6.71 / 22.37; native 34.96 / 312.5"),
-            ([32, 4, 2048, 192, 192], "B32 NH4 S2048 D192", "TFLA 1.03 / 3.78"),
+            (
+                [8, 8, 8192, 256, 512],
+                "B8 NH8 S8192 DQK256 DV512",
+                "TFLA 6.71 / 22.37; native 34.96 / 312.5",
+            ),
+            (
+                [32, 4, 2048, 192, 192],
+                "B32 NH4 S2048 D192",
+                "TFLA 1.03 / 3.78",
+            ),
         ]
     };
     // WGSL has no bf16: there the kernels run on f32 inputs.
@@ -85,7 +96,12 @@ where
             })
         });
         println!("{backend} fw {name} {dname}: {fw:?} ms");
-        rows.push(Row { backend, what: format!("fw {name} {dname}"), ms: fw, peer });
+        rows.push(Row {
+            backend,
+            what: format!("fw {name} {dname}"),
+            ms: fw,
+            peer,
+        });
 
         let xa = inputs::<B>(*dims, dtype, dev);
         let xa = MlstmInputs::<Autodiff<B>> {
@@ -120,13 +136,21 @@ where
 
         if n == 0 {
             // The tensor-op reference (xlstm-cells) on the same backend, f32 and bf16 inputs.
-            let dtypes = if dtype == DType::F32 { vec![dtype] } else { vec![DType::F32, dtype] };
+            let dtypes = if dtype == DType::F32 {
+                vec![dtype]
+            } else {
+                vec![DType::F32, dtype]
+            };
             for dtype in dtypes {
                 let xr = inputs::<B>(*dims, dtype, dev);
                 let state = (dtype == DType::BF16).then(|| {
                     let [b, nh, _, dqk, dv] = *dims;
                     let s = MlstmState::<B>::zeros(b, nh, dqk, dv, dev);
-                    MlstmState { c: s.c.cast(dtype), n: s.n.cast(dtype), m: s.m.cast(dtype) }
+                    MlstmState {
+                        c: s.c.cast(dtype),
+                        n: s.n.cast(dtype),
+                        m: s.m.cast(dtype),
+                    }
                 });
                 let r = guarded(|| {
                     time::<B>(dev, 3, 1, || {
@@ -134,13 +158,22 @@ where
                     })
                 });
                 println!("{backend} reference fw {name} {dtype:?}: {r:?} ms");
-                rows.push(Row { backend, what: format!("reference (tensor ops) fw {name} {dtype:?}"), ms: r, peer: "native 34.96" });
+                rows.push(Row {
+                    backend,
+                    what: format!("reference (tensor ops) fw {name} {dtype:?}"),
+                    ms: r,
+                    peer: "native 34.96",
+                });
             }
         }
     }
 
     let (nh, dqk, dv) = if quick { (2, 64, 128) } else { (8, 256, 512) };
-    for (b, peer) in [(1, "triton 0.025"), (16, "triton 0.052"), (256, "triton 0.571")] {
+    for (b, peer) in [
+        (1, "triton 0.025"),
+        (16, "triton 0.052"),
+        (256, "triton 0.571"),
+    ] {
         let n = Distribution::Normal(0.0, 1.0);
         let bf = |shape: [usize; 3]| Tensor::<B, 3>::random(shape, n, dev).cast(dtype);
         let (q, k, v) = (bf([b, nh, dqk]), bf([b, nh, dqk]), bf([b, nh, dv]));
@@ -153,13 +186,25 @@ where
         };
         let ms = guarded(|| {
             time::<B>(dev, 20, 50, || {
-                let _ = B::mlstm_step(q.clone(), k.clone(), v.clone(), i.clone(), f.clone(), Some(state.clone()))
-                    .unwrap();
+                let _ = B::mlstm_step(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    i.clone(),
+                    f.clone(),
+                    Some(state.clone()),
+                )
+                .unwrap();
             })
         });
         let what = format!("step B{b} NH{nh} DQK{dqk} DV{dv} ({dname} in, f32 state)");
         println!("{backend} {what}: {ms:?} ms");
-        rows.push(Row { backend, what, ms, peer });
+        rows.push(Row {
+            backend,
+            what,
+            ms,
+            peer,
+        });
     }
 }
 

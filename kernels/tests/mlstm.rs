@@ -49,7 +49,8 @@ impl Rng {
                 self.0 ^= self.0 >> 12;
                 self.0 ^= self.0 << 25;
                 self.0 ^= self.0 >> 27;
-                let u = (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                let u =
+                    (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
                 lo + (hi - lo) * u
             })
             .collect()
@@ -59,12 +60,20 @@ impl Rng {
     }
 }
 
-fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D], dev: &B::Device) -> Tensor<B, D> {
+fn tensor<B: Backend, const D: usize>(
+    v: &[f32],
+    shape: [usize; D],
+    dev: &B::Device,
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), dev)
 }
 
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    let t = if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    };
     t.into_data()
         .to_vec::<f32>()
         .expect("f32 data")
@@ -74,7 +83,9 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
 }
 
 fn round_bf16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| burn::tensor::bf16::from_f32(*x).to_f32()).collect()
+    v.iter()
+        .map(|x| burn::tensor::bf16::from_f32(*x).to_f32())
+        .collect()
 }
 
 /// Host data of one problem: inputs and an initial state.
@@ -109,7 +120,13 @@ impl Problem {
     }
 
     fn bf16(mut self) -> Self {
-        for x in [&mut self.q, &mut self.k, &mut self.v, &mut self.i, &mut self.f] {
+        for x in [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.i,
+            &mut self.f,
+        ] {
             *x = round_bf16(x);
         }
         self
@@ -138,9 +155,15 @@ impl Problem {
 
 fn check(what: &str, got: Vec<f64>, want: Vec<f64>, bound: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    assert!(got.iter().all(|x| x.is_finite()), "{what}: non-finite output");
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{what}: non-finite output"
+    );
     let err = rel_l2(&got, &want);
-    assert!(err <= bound, "{what}: relative L2 error {err:e} > {bound:e}");
+    assert!(
+        err <= bound,
+        "{what}: relative L2 error {err:e} > {bound:e}"
+    );
 }
 
 fn check_state<B: Backend>(what: &str, got: MlstmState<B>, want: MlstmState<Ref>, bound: f64) {
@@ -150,8 +173,18 @@ fn check_state<B: Backend>(what: &str, got: MlstmState<B>, want: MlstmState<Ref>
 }
 
 /// Chunkwise forward and final state, with and without an initial state.
-fn chunkwise_case<B: MlstmBackend>(dev: &B::Device, seed: u64, dims: [usize; 5], chunk: usize, bf16: bool) {
-    let f_range = if seed % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
+fn chunkwise_case<B: MlstmBackend>(
+    dev: &B::Device,
+    seed: u64,
+    dims: [usize; 5],
+    chunk: usize,
+    bf16: bool,
+) {
+    let f_range = if seed % 2 == 0 {
+        (-3.0, 8.0)
+    } else {
+        (2.0, 6.0)
+    };
     let mut p = Problem::new(seed, dims, f_range);
     if bf16 {
         p = p.bf16();
@@ -269,7 +302,12 @@ fn steps<B: MlstmBackend>(dev: &B::Device) {
             )
             .unwrap();
             let what = format!("step {t} of {dims:?}");
-            check(&format!("{what} h"), values(h.clone()), values(want_h), 1e-5);
+            check(
+                &format!("{what} h"),
+                values(h.clone()),
+                values(want_h),
+                1e-5,
+            );
             check_state(&what, next.clone(), next_ref.clone(), 1e-5);
             hs.push(h);
             rstate = next_ref;
@@ -318,7 +356,10 @@ fn steps<B: MlstmBackend>(dev: &B::Device) {
 fn gradients<B: MlstmBackend>(dev: &B::Device) {
     type A<B> = Autodiff<B>;
     type RA = Autodiff<Ref>;
-    for (n, (dims, chunk)) in [([2, 2, 37, 24, 40], 16), ([1, 3, 70, 32, 16], 64)].iter().enumerate() {
+    for (n, (dims, chunk)) in [([2, 2, 37, 24, 40], 16), ([1, 3, 70, 32, 16], 64)]
+        .iter()
+        .enumerate()
+    {
         let p = Problem::new(70 + n as u64, *dims, (-3.0, 8.0));
         let [b, nh, s, _, dv] = *dims;
         let w = Rng(5 + n as u64).uniform(b * nh * s * dv, -1.0, 1.0);
@@ -331,8 +372,10 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
             i_preact: rx.i_preact.require_grad(),
             f_preact: rx.f_preact.require_grad(),
         };
-        let (h, st) = mlstm::chunkwise(&rx, Some(p.state::<RA>(&Default::default())), *chunk).unwrap();
-        let loss = (h * tensor::<RA, 4>(&w, [b, nh, s, dv], &Default::default())).sum() + st.c.sum();
+        let (h, st) =
+            mlstm::chunkwise(&rx, Some(p.state::<RA>(&Default::default())), *chunk).unwrap();
+        let loss =
+            (h * tensor::<RA, 4>(&w, [b, nh, s, dv], &Default::default())).sum() + st.c.sum();
         let g = loss.backward();
         let want: Vec<Vec<f64>> = grads_of(&rx)
             .into_iter()
@@ -371,7 +414,9 @@ fn golden<B: MlstmBackend>(dev: &B::Device) {
     for case in all.iter().filter(|c| c.kind == "mlstm_cell") {
         let q: Tensor<B, 4> = case.get("input.q").to_tensor(dev);
         let [b, nh, s, dqk] = q.dims();
-        let gate = |name: &str| -> Tensor<B, 3> { case.get(name).to_tensor::<B, 4>(dev).reshape([b, nh, s]) };
+        let gate = |name: &str| -> Tensor<B, 3> {
+            case.get(name).to_tensor::<B, 4>(dev).reshape([b, nh, s])
+        };
         let x = MlstmInputs {
             q,
             k: case.get("input.k").to_tensor(dev),
@@ -406,9 +451,24 @@ fn golden<B: MlstmBackend>(dev: &B::Device) {
                 }
                 let state = state.unwrap();
                 check(&what, values(Tensor::stack::<4>(hs, 2)), want, 1e-5);
-                check("c_last", values(state.c), case.get("output.c_last").values.clone(), 1e-5);
-                check("n_last", values(state.n), case.get("output.n_last").values.clone(), 1e-5);
-                check("m_last", values(state.m), case.get("output.m_last").values.clone(), 1e-5);
+                check(
+                    "c_last",
+                    values(state.c),
+                    case.get("output.c_last").values.clone(),
+                    1e-5,
+                );
+                check(
+                    "n_last",
+                    values(state.n),
+                    case.get("output.n_last").values.clone(),
+                    1e-5,
+                );
+                check(
+                    "m_last",
+                    values(state.m),
+                    case.get("output.m_last").values.clone(),
+                    1e-5,
+                );
             } else if let Some(chunk) = output.strip_prefix("h_chunkwise_cs") {
                 let chunk: usize = chunk.parse().unwrap();
                 let (h, _) = B::mlstm_chunkwise(&x, None, chunk).unwrap();

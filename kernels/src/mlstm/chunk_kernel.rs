@@ -129,7 +129,8 @@ pub(crate) fn mlstm_chunk_states_kernel<F: Float, S: Float>(
         let a = a0 + ty + r * units;
         let mut n_val = 0.0f32;
         if a < dqk {
-            n_val = f32::cast_from(n0[batch * n0.stride(0) + head * n0.stride(1) + a * n0.stride(2)]);
+            n_val =
+                f32::cast_from(n0[batch * n0.stride(0) + head * n0.stride(1) + a * n0.stride(2)]);
         }
         n_acc[r] = n_val;
         #[unroll]

@@ -58,7 +58,12 @@ impl Plan {
                 .iter()
                 .find(|rn| Self::out_bytes(len, **rn) <= limit);
             if let (Some(&(rm_state, rn_state)), Some(&rn_out)) = (state, out) {
-                return Some(Self { len, rm_state, rn_state, rn_out });
+                return Some(Self {
+                    len,
+                    rm_state,
+                    rn_state,
+                    rn_out,
+                });
             }
         }
         None
@@ -88,7 +93,12 @@ fn wrap<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D
 }
 
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape.into(), dtype)
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        dtype,
+    )
 }
 
 /// Whether the kernels take this float type (f32, f16, bf16).

@@ -63,7 +63,9 @@ impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
         chunk_size: usize,
     ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
         let tracked = [&x.q, &x.k, &x.v].iter().any(|t| t.is_require_grad())
-            || [&x.i_preact, &x.f_preact].iter().any(|t| t.is_require_grad())
+            || [&x.i_preact, &x.f_preact]
+                .iter()
+                .any(|t| t.is_require_grad())
             || state.as_ref().is_some_and(state_tracked);
         if tracked {
             return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
