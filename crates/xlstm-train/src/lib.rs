@@ -23,4 +23,4 @@ pub use error::TrainError;
 pub use model::LanguageModel;
 pub use optim::AdamWSettings;
 pub use schedule::WarmupCosine;
-pub use trainer::{evaluate, BucketResult, StepReport, TrainConfig, Trainer};
+pub use trainer::{evaluate, load_model, BucketResult, StepReport, TrainConfig, Trainer};

@@ -298,7 +298,11 @@ where
             tokens += batch.batch * batch.seq_len;
             self.state.examples_seen += batch.batch as u64;
         }
-        Ok((loss_sum / n, tokens, single.unwrap_or_else(|| accumulator.grads())))
+        Ok((
+            loss_sum / n,
+            tokens,
+            single.unwrap_or_else(|| accumulator.grads()),
+        ))
     }
 
     /// Accuracy per evaluation bucket on `examples` examples each, in batches of `batch`
@@ -380,4 +384,22 @@ pub fn evaluate<B: Backend, M: LanguageModel<B>>(
             })
         })
         .collect()
+}
+
+/// Loads the weights of the newest checkpoint under `dir` (see [`checkpoint::latest`]) into
+/// `model` (same architecture, any backend) and returns them with the checkpoint's state.
+pub fn load_model<B: Backend, M: Module<B>>(
+    model: M,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(M, StateFile), TrainError> {
+    let dir = checkpoint::latest(dir)?;
+    let state = checkpoint::read_state(&dir)?;
+    let path = dir.join("model");
+    let record =
+        Recorder::<B>::load(&Rec::new(), path.clone(), device).map_err(|e| TrainError::Record {
+            path,
+            message: e.to_string(),
+        })?;
+    Ok((model.load_record(record), state))
 }

@@ -237,10 +237,13 @@ where
         let report = trainer.step(data).map_err(e)?;
         let tokens_per_s = report.tokens as f64 / t0.elapsed().as_secs_f64();
         if report.skipped {
-            bar.println(format!(
-                "step {}: loss {} / gradient norm {} not finite; update skipped",
-                report.step, report.loss, report.grad_norm
-            ));
+            say(
+                &bar,
+                format!(
+                    "step {}: loss {} / gradient norm {} not finite; update skipped",
+                    report.step, report.loss, report.grad_norm
+                ),
+            );
         }
         bar.set_message(format!(
             "loss {:.4}  {:.0} tok/s",
@@ -264,7 +267,7 @@ where
                 .iter()
                 .map(|r| format!("{} {:.3}", r.bucket.name, r.accuracy))
                 .collect();
-            bar.println(format!("step {step}: accuracy {}", line.join(", ")));
+            say(&bar, format!("step {step}: accuracy {}", line.join(", ")));
             for result in &last_eval {
                 metrics
                     .log(Event::Eval {
@@ -278,7 +281,7 @@ where
         if step % args.checkpoint_every.max(1) == 0 || last {
             match trainer.save(&ckpt_dir, &meta) {
                 Ok(_) => {}
-                Err(err @ TrainError::NonFiniteWeights { .. }) => bar.println(format!("{err}")),
+                Err(err @ TrainError::NonFiniteWeights { .. }) => say(&bar, err.to_string()),
                 Err(err) => return Err(err.to_string()),
             }
         }
@@ -313,6 +316,15 @@ where
         args.out.display()
     );
     Ok(())
+}
+
+/// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn task_name(task: &TaskConfig) -> String {
