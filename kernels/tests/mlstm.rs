@@ -14,6 +14,10 @@ use xlstm_kernels::MlstmBackend;
 
 type Ref = NdArray<f32>;
 
+/// Kernel against the f32 reference on random chunkwise problems (relative L2). Seen on the
+/// H200: up to 1.03e-5 (CUDA, D 326×494) and 2.1e-5 (Vulkan) from summation order alone.
+const F32_BOUND: f64 = 3e-5;
+
 /// Runs `$check::<B>(&device)` on every compiled cube backend that the environment allows.
 macro_rules! on_backends {
     ($check:ident) => {{
@@ -189,7 +193,9 @@ fn chunkwise_case<B: MlstmBackend>(
     if bf16 {
         p = p.bf16();
     }
-    let bound = if bf16 { 2e-2 } else { 1e-5 };
+    // Both sides are f32 (the reference on NdArray<f32>): their difference is twice the f32
+    // error of either against the truth (~1e-5 at D 512, S 8192); 2e-2 for bf16 inputs.
+    let bound = if bf16 { 2e-2 } else { F32_BOUND };
     let what = format!("chunkwise {dims:?} chunk {chunk} bf16 {bf16}");
     for with_state in [false, true] {
         let rx = p.inputs::<Ref>(&Default::default());
@@ -211,7 +217,7 @@ fn chunkwise_case<B: MlstmBackend>(
         assert_eq!(h.dims(), want_h.dims());
         let what = format!("{what} state {with_state}");
         check(&format!("{what} h"), values(h), values(want_h), bound);
-        check_state(&what, state, want_state, if bf16 { bound } else { 1e-5 });
+        check_state(&what, state, want_state, bound);
     }
 }
 
