@@ -43,13 +43,62 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "layer", batch: 16, seq: 1024, nh: 4, dh: 192, layer: true },
-    Case { name: "recurrence", batch: 16, seq: 1024, nh: 12, dh: 64, layer: false },
-    Case { name: "recurrence", batch: 16, seq: 1024, nh: 24, dh: 32, layer: false },
-    Case { name: "recurrence", batch: 16, seq: 1024, nh: 4, dh: 192, layer: false },
-    Case { name: "layer", batch: 1, seq: 1024, nh: 4, dh: 192, layer: true },
-    Case { name: "layer", batch: 64, seq: 1024, nh: 4, dh: 192, layer: true },
-    Case { name: "layer", batch: 16, seq: 4096, nh: 4, dh: 192, layer: true },
+    Case {
+        name: "layer",
+        batch: 16,
+        seq: 1024,
+        nh: 4,
+        dh: 192,
+        layer: true,
+    },
+    Case {
+        name: "recurrence",
+        batch: 16,
+        seq: 1024,
+        nh: 12,
+        dh: 64,
+        layer: false,
+    },
+    Case {
+        name: "recurrence",
+        batch: 16,
+        seq: 1024,
+        nh: 24,
+        dh: 32,
+        layer: false,
+    },
+    Case {
+        name: "recurrence",
+        batch: 16,
+        seq: 1024,
+        nh: 4,
+        dh: 192,
+        layer: false,
+    },
+    Case {
+        name: "layer",
+        batch: 1,
+        seq: 1024,
+        nh: 4,
+        dh: 192,
+        layer: true,
+    },
+    Case {
+        name: "layer",
+        batch: 64,
+        seq: 1024,
+        nh: 4,
+        dh: 192,
+        layer: true,
+    },
+    Case {
+        name: "layer",
+        batch: 16,
+        seq: 4096,
+        nh: 4,
+        dh: 192,
+        layer: true,
+    },
 ];
 
 /// The parameters of one sLSTM layer (or of the recurrence alone), `H = NH·DH`.
@@ -69,20 +118,24 @@ impl<B: Backend> Params<B> {
     fn new(c: &Case, dtype: FloatDType, device: &B::Device) -> Self {
         let hid = c.nh * c.dh;
         let s = 1.0 / (c.dh as f64).sqrt();
-        let rand2 = |shape: [usize; 2], a: f64| Tensor::<B, 2>::random(shape, Distribution::Uniform(-a, a), device).cast(dtype);
-        let rand3 = |shape: [usize; 3], a: f64| Tensor::<B, 3>::random(shape, Distribution::Uniform(-a, a), device).cast(dtype);
+        let rand2 = |shape: [usize; 2], a: f64| {
+            Tensor::<B, 2>::random(shape, Distribution::Uniform(-a, a), device).cast(dtype)
+        };
+        let rand3 = |shape: [usize; 3], a: f64| {
+            Tensor::<B, 3>::random(shape, Distribution::Uniform(-a, a), device).cast(dtype)
+        };
         Self {
             conv: rand2([4, hid], 0.5),
             w_if: rand3([c.nh, c.dh, 2 * c.dh], s),
             w_zo: rand3([c.nh, c.dh, 2 * c.dh], s),
             weights: SlstmWeights {
                 r: rand3([c.nh, c.dh, 4 * c.dh], s),
-                b: Tensor::<B, 1>::random([4 * hid], Distribution::Uniform(-1.0, 1.0), device).cast(dtype),
+                b: Tensor::<B, 1>::random([4 * hid], Distribution::Uniform(-1.0, 1.0), device)
+                    .cast(dtype),
             },
             norm: Tensor::<B, 1>::ones([hid], device).cast(dtype),
         }
     }
-
 }
 
 impl<B: SlstmBackend> Params<B> {
@@ -119,9 +172,12 @@ fn forward<B: SlstmBackend>(p: &Params<B>, x: Tensor<B, 3>, c: &Case, cell: Cell
     let wx = if c.layer {
         // Causal depth-wise conv of width 4, then SiLU.
         let padded = Tensor::cat(vec![x.clone().narrow(1, 0, 3).zeros_like(), x.clone()], 1);
-        let mut conv = padded.clone().narrow(1, 0, seq) * p.conv.clone().narrow(0, 0, 1).unsqueeze::<3>();
+        let mut conv =
+            padded.clone().narrow(1, 0, seq) * p.conv.clone().narrow(0, 0, 1).unsqueeze::<3>();
         for k in 1..4 {
-            conv = conv + padded.clone().narrow(1, k, seq) * p.conv.clone().narrow(0, k, 1).unsqueeze::<3>();
+            conv = conv
+                + padded.clone().narrow(1, k, seq)
+                    * p.conv.clone().narrow(0, k, 1).unsqueeze::<3>();
         }
         let x_conv = silu(conv);
         let gates_if = headwise(x_conv, p.w_if.clone(), c.nh);
@@ -167,7 +223,12 @@ fn time<B: Backend>(device: &B::Device, warmup: usize, reps: usize, mut f: impl 
 }
 
 /// `(fw, fwbw)` ms of one case with one cell.
-fn measure<B: SlstmBackend>(c: &Case, cell: Cell, dtype: FloatDType, device: &B::Device) -> (f64, f64) {
+fn measure<B: SlstmBackend>(
+    c: &Case,
+    cell: Cell,
+    dtype: FloatDType,
+    device: &B::Device,
+) -> (f64, f64) {
     let hid = c.nh * c.dh;
     let width = if c.layer { hid } else { 4 * hid };
     let (warmup, reps) = match cell {
@@ -175,7 +236,12 @@ fn measure<B: SlstmBackend>(c: &Case, cell: Cell, dtype: FloatDType, device: &B:
         Cell::Reference => (1, 2),
     };
     let p = Params::<B>::new(c, dtype, device);
-    let x = Tensor::<B, 3>::random([c.batch, c.seq, width], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+    let x = Tensor::<B, 3>::random(
+        [c.batch, c.seq, width],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+    .cast(dtype);
     let fw = time::<B>(device, warmup, reps, || {
         let _ = forward(&p, x.clone(), c, cell);
     });
@@ -190,8 +256,15 @@ fn measure<B: SlstmBackend>(c: &Case, cell: Cell, dtype: FloatDType, device: &B:
     (fw, fwbw)
 }
 
-fn run_backend<B: SlstmBackend>(backend: &str, dtype: FloatDType, device: &B::Device, rows: &mut Vec<String>) {
-    let with_ref = std::env::var("XLSTM_BENCH_REF").map(|v| v.contains(backend)).unwrap_or(true);
+fn run_backend<B: SlstmBackend>(
+    backend: &str,
+    dtype: FloatDType,
+    device: &B::Device,
+    rows: &mut Vec<String>,
+) {
+    let with_ref = std::env::var("XLSTM_BENCH_REF")
+        .map(|v| v.contains(backend))
+        .unwrap_or(true);
     let quick = std::env::var_os("XLSTM_BENCH_QUICK").is_some();
     let cases = if quick { &CASES[..1] } else { CASES };
     for (i, c) in cases.iter().enumerate() {
@@ -222,11 +295,21 @@ fn main() {
     let mut rows = vec![];
     #[cfg(feature = "cuda")]
     if pick.contains("cuda") {
-        run_backend::<burn::backend::Cuda<f32, i32>>("cuda", FloatDType::BF16, &Default::default(), &mut rows);
+        run_backend::<burn::backend::Cuda<f32, i32>>(
+            "cuda",
+            FloatDType::BF16,
+            &Default::default(),
+            &mut rows,
+        );
     }
     #[cfg(feature = "wgpu")]
     if pick.contains("wgpu") {
-        run_backend::<burn::backend::Wgpu<f32, i32>>("wgpu", FloatDType::F32, &Default::default(), &mut rows);
+        run_backend::<burn::backend::Wgpu<f32, i32>>(
+            "wgpu",
+            FloatDType::F32,
+            &Default::default(),
+            &mut rows,
+        );
     }
     println!();
     println!("| backend | dtype | what | shape | kernel fw ms | kernel fw+bw ms | fw µs/step | reference fw ms | reference fw+bw ms |");

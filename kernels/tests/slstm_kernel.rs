@@ -89,15 +89,23 @@ fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
 }
 
 /// Runs the problem through `B::slstm_sequence` with inputs cast to `dtype`.
-fn run<B: AutodiffBackend + SlstmBackend>(p: &Problem, device: &B::Device, dtype: FloatDType) -> Results {
+fn run<B: AutodiffBackend + SlstmBackend>(
+    p: &Problem,
+    device: &B::Device,
+    dtype: FloatDType,
+) -> Results {
     let hid = p.nh * p.dh;
     let leaf = |v: &[f32], shape: Vec<usize>| {
-        Tensor::<B, 3>::from_data(TensorData::new(v.to_vec(), [shape[0], shape[1], shape[2]]), device)
-            .require_grad()
+        Tensor::<B, 3>::from_data(
+            TensorData::new(v.to_vec(), [shape[0], shape[1], shape[2]]),
+            device,
+        )
+        .require_grad()
     };
     let wx = leaf(&p.wx, vec![p.batch, p.seq, 4 * hid]);
     let r = leaf(&p.r, vec![p.nh, p.dh, 4 * p.dh]);
-    let b = Tensor::<B, 1>::from_data(TensorData::new(p.b.clone(), [4 * hid]), device).require_grad();
+    let b =
+        Tensor::<B, 1>::from_data(TensorData::new(p.b.clone(), [4 * hid]), device).require_grad();
     let state: Option<Vec<Tensor<B, 2>>> = p.state.as_ref().map(|s| {
         s.iter()
             .map(|v| {
@@ -121,14 +129,19 @@ fn run<B: AutodiffBackend + SlstmBackend>(p: &Problem, device: &B::Device, dtype
     let (h, last) = B::slstm_sequence(wx.clone().cast(dtype), &weights, state_in).unwrap();
     let h = h.cast(FloatDType::F32);
     let finals = [last.h, last.c, last.n, last.m].map(|t| t.cast(FloatDType::F32));
-    let weight = |v: &[f32], shape: [usize; 3]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device).reshape(shape);
+    let weight = |v: &[f32], shape: [usize; 3]| {
+        Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device).reshape(shape)
+    };
     let mut loss = (h.clone() * weight(&p.w_h, [p.batch, p.seq, hid])).sum();
     for (f, w) in finals.iter().zip(&p.w_state) {
         loss = loss + (f.clone() * weight(w, [p.batch, hid, 1]).reshape([p.batch, hid])).sum();
     }
     let grads = loss.backward();
     let mut out: Results = vec![("h", values(h))];
-    for (name, f) in ["c_S", "n_S", "m_S"].into_iter().zip(finals.into_iter().skip(1)) {
+    for (name, f) in ["c_S", "n_S", "m_S"]
+        .into_iter()
+        .zip(finals.into_iter().skip(1))
+    {
         out.push((name, values(f)));
     }
     out.push(("d wx", values(wx.grad(&grads).unwrap())));
@@ -225,11 +238,22 @@ fn shapes() -> Vec<(usize, usize, usize, usize, bool, usize)> {
 
 /// `dr_bound`: the bound on `dR`, which is a matmul over batch and time after the kernel; on
 /// CUDA burn's f32 matmul runs on TF32 tensor cores (rel ~2e-4), elsewhere in f32.
-fn random_shapes<B: AutodiffBackend + SlstmBackend>(backend: &str, device: &B::Device, dr_bound: f64) {
+fn random_shapes<B: AutodiffBackend + SlstmBackend>(
+    backend: &str,
+    device: &B::Device,
+    dr_bound: f64,
+) {
     for (i, &(batch, seq, nh, dh, state, bb)) in shapes().iter().enumerate() {
         set_batch_block(bb);
         let p = Problem::new(i as u64 + 1, batch, seq, nh, dh, state);
-        check::<B>(&format!("{backend} f32 #{i}"), &p, device, FloatDType::F32, (1e-5, 1e-4), dr_bound);
+        check::<B>(
+            &format!("{backend} f32 #{i}"),
+            &p,
+            device,
+            FloatDType::F32,
+            (1e-5, 1e-4),
+            dr_bound,
+        );
     }
     set_batch_block(0);
 }
@@ -239,7 +263,14 @@ fn random_shapes_bf16<B: AutodiffBackend + SlstmBackend>(backend: &str, device: 
         set_batch_block(bb);
         let mut p = Problem::new(100 + i as u64, batch, seq.min(300), nh, dh, state);
         round_bf16(&mut p);
-        check::<B>(&format!("{backend} bf16 #{i}"), &p, device, FloatDType::BF16, (1e-2, 1e-2), 1e-2);
+        check::<B>(
+            &format!("{backend} bf16 #{i}"),
+            &p,
+            device,
+            FloatDType::BF16,
+            (1e-2, 1e-2),
+            1e-2,
+        );
     }
     set_batch_block(0);
 }
@@ -270,14 +301,26 @@ fn golden<B: AutodiffBackend + SlstmBackend>(device: &B::Device, dr_bound: f64) 
         let pairs = [
             ("output.y", Array::from_tensor(y), 1e-5),
             ("grad.x", Array::from_tensor(x.grad(&grads).unwrap()), 1e-4),
-            ("grad.R", Array::from_tensor(r.grad(&grads).unwrap()), dr_bound),
-            ("grad.b", Array::from_tensor(bias.grad(&grads).unwrap()), 1e-4),
+            (
+                "grad.R",
+                Array::from_tensor(r.grad(&grads).unwrap()),
+                dr_bound,
+            ),
+            (
+                "grad.b",
+                Array::from_tensor(bias.grad(&grads).unwrap()),
+                1e-4,
+            ),
         ];
         for (key, got, bound) in pairs {
             let want = case.get(key);
             assert_eq!(got.shape, want.shape, "{} {key}", case.name);
             let err = rel_l2(&got.values, &want.values);
-            assert!(err <= bound, "{} {key}: rel {err:.2e} > {bound:.0e}", case.name);
+            assert!(
+                err <= bound,
+                "{} {key}: rel {err:.2e} > {bound:.0e}",
+                case.name
+            );
         }
     }
     assert!(seen > 0, "no slstm_cell golden case found");

@@ -56,11 +56,7 @@ impl<B: SlstmBackend, C: CheckpointStrategy> SlstmBackend for Autodiff<B, C> {
             return xlstm_cells::slstm::sequence(wx, weights, state);
         };
         let nodes = inputs.map(|t| t.node.clone());
-        let out = match SlstmBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
+        let out = match SlstmBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => match fused.saved {
                 Some(saved) => prep.finish(saved, fused.out),
                 None => unreachable!("the fused forward was asked to save its state"),

@@ -87,7 +87,10 @@ pub trait SlstmBackend: Backend {
     /// The backward of [`SlstmBackend::slstm_fused_forward`], given the gradient of its packed
     /// output `[B, S + 3, H]`. Called only with tensors that this backend's own fused forward
     /// saved, so a backend that overrides the forward overrides this too.
-    fn slstm_fused_backward(saved: SlstmSaved<Self>, _dout: FloatTensor<Self>) -> SlstmFusedGrads<Self> {
+    fn slstm_fused_backward(
+        saved: SlstmSaved<Self>,
+        _dout: FloatTensor<Self>,
+    ) -> SlstmFusedGrads<Self> {
         let _ = saved;
         unreachable!("slstm_fused_backward: this backend's slstm_fused_forward saved no state")
     }
@@ -189,9 +192,7 @@ pub fn recurrent_grads<B: Backend>(
         _ => Tensor::cat(vec![h0, out.narrow(1, 0, seq - 1)], 1),
     };
     // [B·S, NH, DH] → [NH, DH, B·S]
-    let h_prev = h_prev
-        .reshape([batch * seq, nh, dh])
-        .permute([1, 2, 0]);
+    let h_prev = h_prev.reshape([batch * seq, nh, dh]).permute([1, 2, 0]);
     // [B·S, 4, NH, DH] → [NH, B·S, 4·DH]
     let dg = dgates
         .clone()
@@ -199,6 +200,9 @@ pub fn recurrent_grads<B: Backend>(
         .permute([2, 0, 1, 3])
         .reshape([nh, batch * seq, GATES * dh]);
     let dr = h_prev.matmul(dg);
-    let db = dgates.reshape([batch * seq, width]).sum_dim(0).reshape([width]);
+    let db = dgates
+        .reshape([batch * seq, width])
+        .sum_dim(0)
+        .reshape([width]);
     (dr, db)
 }

@@ -58,9 +58,14 @@ pub fn plan<R: CubeRuntime>(
     let threads = dh.min(max_threads);
     let units_per_thread = dh.div_ceil(threads);
     let r_head = 4 * dh * dh * elem_bytes;
-    let wanted = match std::env::var(BATCH_BLOCK_ENV).ok().and_then(|v| v.parse().ok()) {
+    let wanted = match std::env::var(BATCH_BLOCK_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(bb) => bb,
-        None => (batch * nh * r_head).div_ceil(R_TRAFFIC_PER_STEP).next_power_of_two(),
+        None => (batch * nh * r_head)
+            .div_ceil(R_TRAFFIC_PER_STEP)
+            .next_power_of_two(),
     };
     let mut batch_block = wanted.clamp(1, 8).min(batch.next_power_of_two());
     // Shared memory: the backward's two gate-gradient buffers are the larger, 2·bb·4·DH f32.
@@ -121,31 +126,27 @@ pub fn fused_forward<R: CubeRuntime>(
     } else {
         (empty(vec![1], DType::F32), empty(vec![1], DType::F32))
     };
-    let cube_count = CubeCount::Static(
-        batch.div_ceil(plan.batch_block) as u32,
-        nh as u32,
-        1,
-    );
+    let cube_count = CubeCount::Static(batch.div_ceil(plan.batch_block) as u32, nh as u32, 1);
     // SAFETY: every index is inside its tensor: the kernel checks b < B and j < DH, and the
     // tensors are contiguous of the shapes it reads them with.
     unsafe {
         forward::slstm_forward_kernel::launch_unchecked::<R>(
-        &client,
-        cube_count,
-        CubeDim::new_1d(plan.threads as u32),
-        wx.into_tensor_arg(),
-        r.into_tensor_arg(),
-        b.into_tensor_arg(),
-        state0.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        gates.clone().into_tensor_arg(),
-        states.clone().into_tensor_arg(),
-        dh,
-        plan.batch_block,
-        plan.units_per_thread,
-        save,
-        dtype.into(),
-    )
+            &client,
+            cube_count,
+            CubeDim::new_1d(plan.threads as u32),
+            wx.into_tensor_arg(),
+            r.into_tensor_arg(),
+            b.into_tensor_arg(),
+            state0.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            gates.clone().into_tensor_arg(),
+            states.clone().into_tensor_arg(),
+            dh,
+            plan.batch_block,
+            plan.units_per_thread,
+            save,
+            dtype.into(),
+        )
     };
     Some((out, save.then_some([gates, states])))
 }
@@ -189,29 +190,25 @@ pub fn fused_backward<R: CubeRuntime>(
         Shape::from(vec![4, batch, hid]),
         dtype,
     );
-    let cube_count = CubeCount::Static(
-        batch.div_ceil(plan.batch_block) as u32,
-        nh as u32,
-        1,
-    );
+    let cube_count = CubeCount::Static(batch.div_ceil(plan.batch_block) as u32, nh as u32, 1);
     // SAFETY: as for the forward.
     unsafe {
         backward::slstm_backward_kernel::launch_unchecked::<R>(
-        &client,
-        cube_count,
-        CubeDim::new_1d(plan.threads as u32),
-        rt.into_tensor_arg(),
-        gates.into_tensor_arg(),
-        states.into_tensor_arg(),
-        state0.into_tensor_arg(),
-        dout.into_tensor_arg(),
-        dgates.clone().into_tensor_arg(),
-        dstate0.clone().into_tensor_arg(),
-        dh,
-        plan.batch_block,
-        plan.units_per_thread,
-        dtype.into(),
-    )
+            &client,
+            cube_count,
+            CubeDim::new_1d(plan.threads as u32),
+            rt.into_tensor_arg(),
+            gates.into_tensor_arg(),
+            states.into_tensor_arg(),
+            state0.into_tensor_arg(),
+            dout.into_tensor_arg(),
+            dgates.clone().into_tensor_arg(),
+            dstate0.clone().into_tensor_arg(),
+            dh,
+            plan.batch_block,
+            plan.units_per_thread,
+            dtype.into(),
+        )
     };
     (dgates, dstate0)
 }
@@ -251,16 +248,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SlstmBacke
         saved: SlstmSaved<Self>,
         dout: FloatTensor<Self>,
     ) -> SlstmFusedGrads<Self> {
-        let float = |t: FloatTensor<Self>| Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(t));
+        let float =
+            |t: FloatTensor<Self>| Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(t));
         let [nh, _, _] = dims3(&saved.r);
         let rt = float(saved.r).swap_dims(1, 2).into_primitive().tensor();
-        let (dgates, dstate0) = fused_backward(
-            rt,
-            saved.gates,
-            saved.states,
-            saved.state0.clone(),
-            dout,
-        );
+        let (dgates, dstate0) =
+            fused_backward(rt, saved.gates, saved.states, saved.state0.clone(), dout);
         let (dr, db) = super::recurrent_grads(
             float(saved.out),
             float(saved.state0),
