@@ -62,10 +62,8 @@ impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
         state: Option<MlstmState<Self>>,
         chunk_size: usize,
     ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
-        let tracked = [&x.q, &x.k, &x.v].iter().any(|t| t.is_require_grad())
-            || [&x.i_preact, &x.f_preact]
-                .iter()
-                .any(|t| t.is_require_grad())
+        let tracked = [&x.q, &x.k, &x.v].iter().any(|t| in_graph(t))
+            || [&x.i_preact, &x.f_preact].iter().any(|t| in_graph(t))
             || state.as_ref().is_some_and(state_tracked);
         if tracked {
             return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
@@ -89,8 +87,8 @@ impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
         f_preact: Tensor<Self, 2>,
         state: Option<MlstmState<Self>>,
     ) -> Result<(Tensor<Self, 3>, MlstmState<Self>), CellError> {
-        let tracked = [&q, &k, &v].iter().any(|t| t.is_require_grad())
-            || [&i_preact, &f_preact].iter().any(|t| t.is_require_grad())
+        let tracked = [&q, &k, &v].iter().any(|t| in_graph(t))
+            || [&i_preact, &f_preact].iter().any(|t| in_graph(t))
             || state.as_ref().is_some_and(state_tracked);
         if tracked {
             return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state);
@@ -107,8 +105,21 @@ impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
     }
 }
 
-fn state_tracked<B: AutodiffBackend>(s: &MlstmState<B>) -> bool {
-    s.c.is_require_grad() || s.n.is_require_grad() || s.m.is_require_grad()
+/// Whether `t` takes part in the autodiff graph: a tracked leaf *or* computed from one.
+/// (`Tensor::is_require_grad` is true for leaves only, so it misses every activation.)
+fn in_graph<B: Backend, C: CheckpointStrategy, const D: usize>(
+    t: &Tensor<Autodiff<B, C>, D>,
+) -> bool {
+    !t.clone()
+        .into_primitive()
+        .tensor()
+        .node
+        .requirement
+        .is_none()
+}
+
+fn state_tracked<B: Backend, C: CheckpointStrategy>(s: &MlstmState<Autodiff<B, C>>) -> bool {
+    in_graph(&s.c) || in_graph(&s.n) || in_graph(&s.m)
 }
 
 fn inner_state<B: AutodiffBackend>(s: MlstmState<B>) -> MlstmState<B::InnerBackend> {

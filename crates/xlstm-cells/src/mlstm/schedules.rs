@@ -1,5 +1,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
+use xlstm_gating::M_EMPTY;
+
 use super::{chunk, MlstmInputs, MlstmState, EPS};
 use crate::CellError;
 
@@ -21,7 +23,9 @@ pub fn parallel<B: Backend>(
 ///
 /// `x`: q, k `[B, NH, S, DQK]`, v `[B, NH, S, DV]`, gates `[B, NH, S]`.
 /// `state`: `None` is the official zero state ([`MlstmState::zeros`]).
-/// A last partial chunk (`S % chunk_size`) is run as one shorter chunk, so any `S ≥ 1` works.
+/// A length that is no multiple of the chunk is padded at the end with neutral tokens
+/// (input gate `exp(-∞) = 0`, forget gate 1, zero q/k/v): they change neither the outputs
+/// before them nor the state, so any `S ≥ 1` works. A chunk longer than `S` is cut to `S`.
 /// Returns `h [B, NH, S, DV]` and the state after the last token. Memory is O(S · chunk_size).
 pub fn chunkwise<B: Backend>(
     x: &MlstmInputs<B>,
@@ -33,20 +37,29 @@ pub fn chunkwise<B: Backend>(
         return Err(CellError::new("chunk_size", "must be at least 1"));
     }
     let state = initial_state(state, x, MlstmState::zeros)?;
-    let full = s - s % chunk_size;
-    let mut outputs = vec![];
-    let mut state = state;
-    if full > 0 {
-        let (h, next) = chunk::scan(&x.narrow(0, full), state, chunk_size, EPS);
-        outputs.push(h);
-        state = next;
+    let chunk = chunk_size.min(s);
+    let pad = (chunk - s % chunk) % chunk;
+    if pad == 0 {
+        return Ok(chunk::scan(x, state, chunk, EPS));
     }
-    if full < s {
-        let (h, next) = chunk::scan(&x.narrow(full, s - full), state, s - full, EPS);
-        outputs.push(h);
-        state = next;
+    let (h, state) = chunk::scan(&pad_neutral(x, pad), state, chunk, EPS);
+    Ok((h.narrow(2, 0, s), state))
+}
+
+/// `x` followed by `pad` tokens that leave the memory as it is: `ĩ = M_EMPTY` (input gate
+/// 0), `f̃ = +1e30` (`log σ(f̃) = 0`, forget gate 1), `q = k = v = 0`.
+fn pad_neutral<B: Backend>(x: &MlstmInputs<B>, pad: usize) -> MlstmInputs<B> {
+    let [b, nh, _, dqk, dv] = x.dims().expect("checked by the caller");
+    let device = x.q.device();
+    let zeros = |d: usize| Tensor::<B, 4>::zeros([b, nh, pad, d], &device);
+    let gate = |value: f64| Tensor::<B, 3>::full([b, nh, pad], value, &device);
+    MlstmInputs {
+        q: Tensor::cat(vec![x.q.clone(), zeros(dqk)], 2),
+        k: Tensor::cat(vec![x.k.clone(), zeros(dqk)], 2),
+        v: Tensor::cat(vec![x.v.clone(), zeros(dv)], 2),
+        i_preact: Tensor::cat(vec![x.i_preact.clone(), gate(M_EMPTY)], 2),
+        f_preact: Tensor::cat(vec![x.f_preact.clone(), gate(-M_EMPTY)], 2),
     }
-    Ok((Tensor::cat(outputs, 2), state))
 }
 
 fn checked_dims<B: Backend>(x: &MlstmInputs<B>) -> Result<[usize; 5], CellError> {

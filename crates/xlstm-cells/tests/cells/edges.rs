@@ -10,7 +10,9 @@ use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_cells::slstm::{self, SlstmWeights};
 use xlstm_golden::{rel_l2, Array, TestBackend as B};
 
-const LONG: usize = 16_384;
+/// 16k tokens on the CPU backend. On wgpu the same tests run at 2k tokens: every op is a
+/// kernel launch, and lavapipe (the CI's software Vulkan) takes minutes for 16k sLSTM steps.
+const LONG: usize = if cfg!(feature = "wgpu") { 2_048 } else { 16_384 };
 
 fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
     Array::from_tensor(t.clone()).values
@@ -101,7 +103,7 @@ fn mlstm_with_extreme_gates_matches_float64_on_every_schedule() {
 }
 
 #[test]
-fn mlstm_over_16k_tokens_matches_float64() {
+fn mlstm_over_long_sequences_matches_float64() {
     B::seed(&Default::default(), 8);
     let x = extreme_mlstm_inputs(1, 2, LONG, 8);
     let (h64, m64) = mlstm_reference(&x);
@@ -111,7 +113,7 @@ fn mlstm_over_16k_tokens_matches_float64() {
 }
 
 #[test]
-fn slstm_over_16k_tokens_with_extreme_gates_matches_float64() {
+fn slstm_over_long_sequences_with_extreme_gates_matches_float64() {
     let device = Default::default();
     B::seed(&device, 9);
     let (nh, dh) = (2, 4);
