@@ -292,7 +292,7 @@ fn run_backend<B: SlstmBackend>(
 
 fn main() {
     let pick = std::env::var("XLSTM_BENCH_BACKENDS").unwrap_or_else(|_| "cuda,wgpu".into());
-    let mut rows = vec![];
+    let mut rows: Vec<String> = vec![];
     #[cfg(feature = "cuda")]
     if pick.contains("cuda") {
         run_backend::<burn::backend::Cuda<f32, i32>>(
