@@ -2,9 +2,6 @@
 //! and equal a float64 evaluation of the same formula (`reference`, plain scalar loops), on
 //! the same f32-rounded inputs.
 
-
-
-
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_cells::slstm::{self, SlstmWeights};
@@ -12,7 +9,11 @@ use xlstm_golden::{rel_l2, Array, TestBackend as B};
 
 /// 16k tokens on the CPU backend. On wgpu the same tests run at 2k tokens: every op is a
 /// kernel launch, and lavapipe (the CI's software Vulkan) takes minutes for 16k sLSTM steps.
-const LONG: usize = if cfg!(feature = "wgpu") { 2_048 } else { 16_384 };
+const LONG: usize = if cfg!(feature = "wgpu") {
+    2_048
+} else {
+    16_384
+};
 
 fn values<const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
     Array::from_tensor(t.clone()).values

@@ -16,7 +16,7 @@ pub fn mlstm(
     let mut h = vec![0.0; b * nh * s * dv];
     let mut m_last = vec![0.0; b * nh];
     let scale = 1.0 / (dqk as f64).sqrt();
-    for bh in 0..b * nh {
+    for (bh, m_out) in m_last.iter_mut().enumerate() {
         let (mut c, mut n, mut m) = (vec![0.0; dqk * dv], vec![0.0; dqk], 0.0f64);
         for t in 0..s {
             let g = bh * s + t;
@@ -41,7 +41,7 @@ pub fn mlstm(
             }
             m = m_new;
         }
-        m_last[bh] = m;
+        *m_out = m;
     }
     (h, m_last)
 }

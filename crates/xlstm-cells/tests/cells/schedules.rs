@@ -1,10 +1,8 @@
 //! The three mLSTM schedules agree, state carry-over is exact, and the sLSTM sequence form
 //! equals repeated steps — on awkward random shapes, with non-zero initial states.
 
-
-
-use burn::tensor::{backend::Backend, Tensor};
 use crate::common::*;
+use burn::tensor::{backend::Backend, Tensor};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_cells::slstm;
 use xlstm_golden::{TestAutodiffBackend, TestBackend as B};
