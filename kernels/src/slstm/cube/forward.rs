@@ -1,12 +1,18 @@
 //! The fused sLSTM forward kernel: the whole time loop in one launch.
 //!
-//! One cube per (batch block, head); its threads stride over the head's `DH` units, each
-//! thread owning `upt` units and, for each, `bb` batch rows. Per step a thread computes the
-//! four gate pre-activations of its units (`Σ_u h_{t-1}[u] R[u, g·DH + j]`, `R` read from
-//! global memory where consecutive threads read consecutive columns, so the loads coalesce and
-//! the head's `R` stays in L1/L2), adds `W x_t + b`, and applies the pointwise cell update with
-//! `c, n, m` in registers. `h_{t-1}` lives in shared memory, double-buffered, so one barrier
-//! per step suffices. State and accumulation are f32 whatever the I/O dtype `F`.
+//! One cube per (batch block of `bb` rows, head). Per step, two phases split by barriers:
+//!
+//! 1. the recurrent reduction `Σ_q h_{t-1}[q] R[q, g·DH + j]` (eqs. 11–14) for the four gates
+//!    of every unit `j` and row: `split` threads share one unit, each summing one slice of `q`
+//!    (so a thread's dependent chain is `DH / split` long, not `DH`), `unroll` rows of `R` loaded
+//!    before they are used so the loads overlap; `R` is read from global memory where
+//!    consecutive threads read consecutive columns (coalesced) and stays in L1/L2 across steps;
+//!    the partial sums go to shared memory;
+//! 2. the pointwise cell (eqs. 8–10, 15–17), the `bb · DH` items spread over all threads:
+//!    sum the partials, add `W x_t + b` (`W x_t` prefetched one step ahead), update `c, n, m`
+//!    (registers) and write `h_t` to shared memory and to the output.
+//!
+//! State and accumulation are f32 whatever the I/O dtype `F`.
 
 use cubecl::prelude::*;
 
@@ -33,6 +39,11 @@ pub fn tanh_clamped(x: f32) -> f32 {
 /// `wx [B, S, 4H]`, `r [NH, DH, 4DH]`, `bias [4H]`, `state0 [4, B, H]` (h, c, n, m),
 /// `out [B, S+3, H]` (h_1..h_S, c_S, n_S, m_S); when `save`: `gates [B, S, 4H]` (the
 /// pre-activations) and `states [3, B, S, H]` (c_t, n_t, m_t), both f32.
+///
+/// Layout (comptime): `ut · split` threads; thread `tid` reduces for the units
+/// `j = tid % ut + u·ut` over the slice `tid / ut` of `q` (`slice` long, a multiple of
+/// `unroll`), and owns the pointwise items `(k, j) = tid + i·ut·split` (row-major over
+/// `[bb, DH]`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn slstm_forward_kernel<F: Float>(
@@ -45,150 +56,225 @@ pub fn slstm_forward_kernel<F: Float>(
     states: &mut Tensor<f32>,
     #[comptime] dh: usize,
     #[comptime] bb: usize,
-    #[comptime] upt: usize,
+    #[comptime] ut: usize,
+    #[comptime] split: usize,
+    #[comptime] unroll: usize,
     #[comptime] save: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    let nt = comptime!(ut * split);
+    let upt = comptime!(dh.div_ceil(ut));
+    let slice = comptime!(dh.div_ceil(split).div_ceil(unroll) * unroll);
+    let blocks = comptime!(slice / unroll);
+    // h is stored padded to `split · slice` entries per row, the padding zero, so the
+    // unrolled reduction needs no bounds checks on h (R's row index is clamped instead).
+    let dhp = comptime!(slice * split);
+    let items = comptime!(bb * dh);
+    let ipt = comptime!(items.div_ceil(nt));
+    let last_q = comptime!(dh - 1);
+
     let tid = UNIT_POS_X as usize;
-    let nt = CUBE_DIM_X as usize;
+    let ju = tid % ut;
+    let sl = tid / ut;
+    let q0 = sl * slice;
     let head = CUBE_POS_Y as usize;
     let b0 = CUBE_POS_X as usize * bb;
     let batch = wx.shape(0);
     let seq = wx.shape(1);
     let hid = r.shape(0) * dh;
     let r_base = head * dh * 4 * dh;
+    let plane0 = batch * hid;
+    let plane = batch * seq * hid;
 
-    // h_{t-1} of the bb rows, two buffers: step t reads buffer t % 2, writes the other.
-    let mut h_buf = SharedMemory::<f32>::new(2 * bb * dh);
-    let mut c_reg = Array::<f32>::new(bb * upt);
-    let mut n_reg = Array::<f32>::new(bb * upt);
-    let mut m_reg = Array::<f32>::new(bb * upt);
-    let mut acc = Array::<f32>::new(4 * bb);
+    // h_{t-1} of the bb rows; partial sums [split, bb, 4, DH] of the reduction.
+    let mut h_buf = SharedMemory::<f32>::new(comptime!(bb * dhp));
+    let mut part = SharedMemory::<f32>::new(comptime!(split * bb * 4 * dh));
+    // Per owned item: c, n, m, the bias, W x of this step and of the next.
+    let mut c_reg = Array::<f32>::new(ipt);
+    let mut n_reg = Array::<f32>::new(ipt);
+    let mut m_reg = Array::<f32>::new(ipt);
+    let mut b_reg = Array::<f32>::new(comptime!(4 * ipt));
+    let mut x_cur = Array::<f32>::new(comptime!(4 * ipt));
+    let mut x_nxt = Array::<f32>::new(comptime!(4 * ipt));
+    let mut acc = Array::<f32>::new(comptime!(4 * bb));
+    let mut rv = Array::<f32>::new(comptime!(4 * unroll));
 
+    for p in 0..comptime!((bb * dhp).div_ceil(nt)) {
+        let x = tid + p * nt;
+        if x < bb * dhp && x % dhp >= dh {
+            h_buf[x] = 0.0;
+        }
+    }
     #[unroll]
-    for u in 0..upt {
-        let j = tid + u * nt;
+    for i in 0..ipt {
+        let item = tid + i * nt;
+        let k = item / dh;
+        let j = item % dh;
+        let b = b0 + k;
+        c_reg[i] = 0.0;
+        n_reg[i] = 0.0;
+        m_reg[i] = 0.0;
         #[unroll]
-        for k in 0..bb {
-            let b = b0 + k;
+        for g in 0..4usize {
+            b_reg[4 * i + g] = 0.0;
+            x_cur[4 * i + g] = 0.0;
+            x_nxt[4 * i + g] = 0.0;
+        }
+        if item < items {
             let mut h = 0.0f32;
-            let mut c = 0.0f32;
-            let mut n = 0.0f32;
-            let mut m = 0.0f32;
-            if j < dh && b < batch {
+            if b < batch {
                 let o = b * hid + head * dh + j;
-                let plane = batch * hid;
                 h = f32::cast_from(state0[o]);
-                c = f32::cast_from(state0[plane + o]);
-                n = f32::cast_from(state0[2 * plane + o]);
-                m = f32::cast_from(state0[3 * plane + o]);
+                c_reg[i] = f32::cast_from(state0[plane0 + o]);
+                n_reg[i] = f32::cast_from(state0[2 * plane0 + o]);
+                m_reg[i] = f32::cast_from(state0[3 * plane0 + o]);
+                let xo = b * seq * 4 * hid + head * dh + j;
+                #[unroll]
+                for g in 0..4usize {
+                    b_reg[4 * i + g] = f32::cast_from(bias[head * dh + j + g * hid]);
+                    x_cur[4 * i + g] = f32::cast_from(wx[xo + g * hid]);
+                }
             }
-            if j < dh {
-                h_buf[k * dh + j] = h;
-            }
-            c_reg[k * upt + u] = c;
-            n_reg[k * upt + u] = n;
-            m_reg[k * upt + u] = m;
+            h_buf[k * dhp + j] = h;
         }
     }
     // Publishes h_0 to every thread before the first step reads it.
     sync_cube();
 
     for t in 0..seq {
-        let cur = (t % 2) * bb * dh;
-        let nxt = bb * dh - cur;
-        #[unroll]
-        for u in 0..upt {
-            let j = tid + u * nt;
-            if j < dh {
-                #[unroll]
-                for x in 0..4 * bb {
-                    acc[x] = 0.0;
-                }
-                // R h_{t-1} for the four gates of unit j (eqs. 11–14, recurrent part).
-                for q in 0..dh {
-                    let row = r_base + q * 4 * dh + j;
-                    let ri = f32::cast_from(r[row]);
-                    let rf = f32::cast_from(r[row + dh]);
-                    let rz = f32::cast_from(r[row + 2 * dh]);
-                    let ro = f32::cast_from(r[row + 3 * dh]);
+        // Prefetch W x_{t+1}: its latency hides behind this step.
+        if t + 1 < seq {
+            #[unroll]
+            for i in 0..ipt {
+                let item = tid + i * nt;
+                let b = b0 + item / dh;
+                if item < items && b < batch {
+                    let xo = (b * seq + t + 1) * 4 * hid + head * dh + item % dh;
                     #[unroll]
-                    for k in 0..bb {
-                        let hq = h_buf[cur + k * dh + q];
-                        acc[4 * k] += hq * ri;
-                        acc[4 * k + 1] += hq * rf;
-                        acc[4 * k + 2] += hq * rz;
-                        acc[4 * k + 3] += hq * ro;
-                    }
-                }
-                #[unroll]
-                for k in 0..bb {
-                    let b = b0 + k;
-                    if b < batch {
-                        let xo = (b * seq + t) * 4 * hid + head * dh + j;
-                        let bo = head * dh + j;
-                        let ir = (f32::cast_from(wx[xo]) + acc[4 * k]) + f32::cast_from(bias[bo]);
-                        let fr = (f32::cast_from(wx[xo + hid]) + acc[4 * k + 1])
-                            + f32::cast_from(bias[bo + hid]);
-                        let zr = (f32::cast_from(wx[xo + 2 * hid]) + acc[4 * k + 2])
-                            + f32::cast_from(bias[bo + 2 * hid]);
-                        let or = (f32::cast_from(wx[xo + 3 * hid]) + acc[4 * k + 3])
-                            + f32::cast_from(bias[bo + 3 * hid]);
-                        let s = k * upt + u;
-                        let c_prev = c_reg[s];
-                        let n_prev = n_reg[s];
-                        let m_prev = m_reg[s];
-                        // (15) m_t = max(log σ(f̃) + m_{t-1}, ĩ), and m_t = ĩ at the first step.
-                        let lhs = log_sigmoid(fr) + m_prev;
-                        let mut m = lhs;
-                        if lhs < ir || n_prev == 0.0 {
-                            m = ir;
-                        }
-                        // (16, 17) stabilised gates, clamped at 1 as the official code.
-                        let ig = f32::min(f32::exp(ir - m), 1.0);
-                        let fg = f32::min(f32::exp(lhs - m), 1.0);
-                        // (8–10)
-                        let c = fg * c_prev + ig * tanh_clamped(zr);
-                        let n = fg * n_prev + ig;
-                        let h = (sigmoid(or) * c) / n;
-                        c_reg[s] = c;
-                        n_reg[s] = n;
-                        m_reg[s] = m;
-                        h_buf[nxt + k * dh + j] = h;
-                        out[(b * (seq + 3) + t) * hid + head * dh + j] = F::cast_from(h);
-                        if save {
-                            gates[xo] = ir;
-                            gates[xo + hid] = fr;
-                            gates[xo + 2 * hid] = zr;
-                            gates[xo + 3 * hid] = or;
-                            let so = (b * seq + t) * hid + head * dh + j;
-                            let plane = batch * seq * hid;
-                            states[so] = c;
-                            states[plane + so] = n;
-                            states[2 * plane + so] = m;
-                        }
+                    for g in 0..4usize {
+                        x_nxt[4 * i + g] = f32::cast_from(wx[xo + g * hid]);
                     }
                 }
             }
         }
-        // Publishes h_t (buffer nxt) for step t + 1; also orders this step's reads of buffer
-        // cur before step t + 1 overwrites it.
+        // R h_{t-1} for the four gates of unit j (eqs. 11–14, recurrent part), this thread's
+        // slice of q: `unroll` rows of R loaded at once so the loads overlap.
+        #[unroll]
+        for u in 0..upt {
+            let j = ju + u * ut;
+            if j < dh {
+                #[unroll]
+                for x in 0..comptime!(4 * bb) {
+                    acc[x] = 0.0;
+                }
+                for blk in 0..blocks {
+                    let qb = q0 + blk * unroll;
+                    #[unroll]
+                    for x in 0..unroll {
+                        let row = r_base + clamp_max(qb + x, last_q) * 4 * dh + j;
+                        #[unroll]
+                        for g in 0..4usize {
+                            rv[4 * x + g] = f32::cast_from(r[row + g * dh]);
+                        }
+                    }
+                    #[unroll]
+                    for x in 0..unroll {
+                        #[unroll]
+                        for k in 0..bb {
+                            let hq = h_buf[k * dhp + qb + x];
+                            #[unroll]
+                            for g in 0..4usize {
+                                acc[4 * k + g] += hq * rv[4 * x + g];
+                            }
+                        }
+                    }
+                }
+                #[unroll]
+                for k in 0..bb {
+                    #[unroll]
+                    for g in 0..4usize {
+                        part[((sl * bb + k) * 4 + g) * dh + j] = acc[4 * k + g];
+                    }
+                }
+            }
+        }
+        // Publishes the partial sums; orders this step's reads of h_{t-1} before the writes
+        // of h_t below.
+        sync_cube();
+
+        #[unroll]
+        for i in 0..ipt {
+            let item = tid + i * nt;
+            let k = item / dh;
+            let j = item % dh;
+            let b = b0 + k;
+            if item < items && b < batch {
+                let mut pre = Array::<f32>::new(4usize);
+                #[unroll]
+                for g in 0..4usize {
+                    let mut sum = 0.0f32;
+                    #[unroll]
+                    for s in 0..split {
+                        sum += part[((s * bb + k) * 4 + g) * dh + j];
+                    }
+                    pre[g] = (x_cur[4 * i + g] + sum) + b_reg[4 * i + g];
+                }
+                let ir = pre[0];
+                let fr = pre[1];
+                let zr = pre[2];
+                let or = pre[3];
+                let c_prev = c_reg[i];
+                let n_prev = n_reg[i];
+                let m_prev = m_reg[i];
+                // (15) m_t = max(log σ(f̃) + m_{t-1}, ĩ), and m_t = ĩ at the first step.
+                let lhs = log_sigmoid(fr) + m_prev;
+                let mut m = lhs;
+                if lhs < ir || n_prev == 0.0 {
+                    m = ir;
+                }
+                // (16, 17) stabilised gates, clamped at 1 as the official code.
+                let ig = f32::min(f32::exp(ir - m), 1.0);
+                let fg = f32::min(f32::exp(lhs - m), 1.0);
+                // (8–10)
+                let c = fg * c_prev + ig * tanh_clamped(zr);
+                let n = fg * n_prev + ig;
+                let h = (sigmoid(or) * c) / n;
+                c_reg[i] = c;
+                n_reg[i] = n;
+                m_reg[i] = m;
+                h_buf[k * dhp + j] = h;
+                out[(b * (seq + 3) + t) * hid + head * dh + j] = F::cast_from(h);
+                if save {
+                    let xo = (b * seq + t) * 4 * hid + head * dh + j;
+                    gates[xo] = ir;
+                    gates[xo + hid] = fr;
+                    gates[xo + 2 * hid] = zr;
+                    gates[xo + 3 * hid] = or;
+                    let so = (b * seq + t) * hid + head * dh + j;
+                    states[so] = c;
+                    states[plane + so] = n;
+                    states[2 * plane + so] = m;
+                }
+            }
+            #[unroll]
+            for g in 0..4usize {
+                x_cur[4 * i + g] = x_nxt[4 * i + g];
+            }
+        }
+        // Publishes h_t for step t + 1; orders this step's reads of the partial sums before
+        // step t + 1 overwrites them.
         sync_cube();
     }
 
     #[unroll]
-    for u in 0..upt {
-        let j = tid + u * nt;
-        #[unroll]
-        for k in 0..bb {
-            let b = b0 + k;
-            if j < dh && b < batch {
-                let s = k * upt + u;
-                let o = (b * (seq + 3) + seq) * hid + head * dh + j;
-                out[o] = F::cast_from(c_reg[s]);
-                out[o + hid] = F::cast_from(n_reg[s]);
-                out[o + 2 * hid] = F::cast_from(m_reg[s]);
-            }
+    for i in 0..ipt {
+        let item = tid + i * nt;
+        let b = b0 + item / dh;
+        if item < items && b < batch {
+            let o = (b * (seq + 3) + seq) * hid + head * dh + item % dh;
+            out[o] = F::cast_from(c_reg[i]);
+            out[o + hid] = F::cast_from(n_reg[i]);
+            out[o + 2 * hid] = F::cast_from(m_reg[i]);
         }
     }
 }

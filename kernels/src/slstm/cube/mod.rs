@@ -17,9 +17,15 @@ use xlstm_cells::CellError;
 
 use super::{fused_or_reference, SlstmBackend, SlstmFused, SlstmFusedGrads, SlstmSaved};
 
-/// Most threads per cube we ask for (the WebGPU default limit; Metal and every Vulkan
-/// driver have at least this).
-const MAX_THREADS: usize = 256;
+/// Most threads per cube we ask for (CUDA's limit; the device's own limit applies too).
+const MAX_THREADS: usize = 1024;
+
+/// Shortest slice of a reduction one thread sums: below it, more threads per unit cost more
+/// in partial sums and barriers than they save.
+const MIN_SLICE: usize = 8;
+
+/// Rows of `R` a thread loads before using them (loads in flight per thread and gate).
+const UNROLL: usize = 8;
 
 /// Target bytes of recurrent weights all cubes read per step (they come from L2): above it,
 /// more batch rows share one cube.
@@ -28,15 +34,64 @@ const R_TRAFFIC_PER_STEP: usize = 16 << 20;
 /// Environment variable that fixes the batch rows per cube (1, 2, 4 or 8), for tuning.
 pub const BATCH_BLOCK_ENV: &str = "XLSTM_SLSTM_BATCH_BLOCK";
 
-/// How a launch is laid out.
+/// Environment variable that caps the threads per unit of the reductions (a power of two),
+/// for tuning and tests.
+pub const SPLIT_ENV: &str = "XLSTM_SLSTM_SPLIT";
+
+/// How a launch is laid out: one cube per (batch block, head) of `unit_threads · split`
+/// threads (the split differs between forward and backward).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchPlan {
-    /// Threads per cube.
-    pub threads: usize,
-    /// Units each thread owns (`ceil(DH / threads)`).
-    pub units_per_thread: usize,
+    /// Threads along the head's units (`min(DH, threads)`; a thread owns
+    /// `ceil(DH / unit_threads)` units).
+    pub unit_threads: usize,
     /// Batch rows per cube.
     pub batch_block: usize,
+    /// Threads per unit in the forward reduction (over `DH`).
+    pub forward_split: usize,
+    /// Threads per unit in the backward reduction (over `4·DH`).
+    pub backward_split: usize,
+}
+
+impl LaunchPlan {
+    /// Rows loaded at once by one thread of a reduction of length `len` split `split` ways.
+    fn unroll(len: usize, split: usize) -> usize {
+        len.div_ceil(split).min(UNROLL)
+    }
+
+    /// Padded length of a reduction of length `len` split `split` ways (what the kernels
+    /// store per row in shared memory).
+    fn padded(len: usize, split: usize) -> usize {
+        let unroll = Self::unroll(len, split);
+        len.div_ceil(split).div_ceil(unroll) * unroll * split
+    }
+
+    /// Shared memory bytes of the forward: `h` padded, and the partial sums.
+    fn forward_shared(dh: usize, bb: usize, split: usize) -> usize {
+        4 * (bb * Self::padded(dh, split) + split * bb * 4 * dh)
+    }
+
+    /// Shared memory bytes of the backward: the gate gradients padded, and the partial sums.
+    fn backward_shared(dh: usize, bb: usize, split: usize) -> usize {
+        4 * (bb * Self::padded(4 * dh, split) + split * bb * dh)
+    }
+}
+
+/// The largest power-of-two split of a reduction of length `len` that keeps slices at least
+/// `MIN_SLICE` long and the cube within `max_threads`.
+fn split_for(len: usize, unit_threads: usize, max_threads: usize, cap: usize) -> usize {
+    let mut split = 1;
+    while 2 * split <= cap
+        && unit_threads * 2 * split <= max_threads
+        && len / (2 * split) >= MIN_SLICE
+    {
+        split *= 2;
+    }
+    split
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// The plan for `batch × NH` heads of size `dh`, or `None` where the device cannot run it
@@ -55,31 +110,44 @@ pub fn plan<R: CubeRuntime>(
     if max_threads == 0 {
         return None;
     }
-    let threads = dh.min(max_threads);
-    let units_per_thread = dh.div_ceil(threads);
+    let unit_threads = dh.min(max_threads);
     let r_head = 4 * dh * dh * elem_bytes;
-    let wanted = match std::env::var(BATCH_BLOCK_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(bb) => bb,
-        None => (batch * nh * r_head)
+    let wanted = env_usize(BATCH_BLOCK_ENV).unwrap_or_else(|| {
+        (batch * nh * r_head)
             .div_ceil(R_TRAFFIC_PER_STEP)
-            .next_power_of_two(),
-    };
+            .next_power_of_two()
+    });
+    let cap = env_usize(SPLIT_ENV).unwrap_or(usize::MAX).max(1);
+    let max_shared = hw.max_shared_memory_size;
     let mut batch_block = wanted.clamp(1, 8).min(batch.next_power_of_two());
-    // Shared memory: the backward's two gate-gradient buffers are the larger, 2·bb·4·DH f32.
-    while 2 * batch_block * 4 * dh * 4 > hw.max_shared_memory_size {
+    loop {
+        let mut forward_split = split_for(dh, unit_threads, max_threads, cap);
+        while forward_split > 1
+            && LaunchPlan::forward_shared(dh, batch_block, forward_split) > max_shared
+        {
+            forward_split /= 2;
+        }
+        let mut backward_split = split_for(4 * dh, unit_threads, max_threads, cap);
+        while backward_split > 1
+            && LaunchPlan::backward_shared(dh, batch_block, backward_split) > max_shared
+        {
+            backward_split /= 2;
+        }
+        if LaunchPlan::forward_shared(dh, batch_block, forward_split) <= max_shared
+            && LaunchPlan::backward_shared(dh, batch_block, backward_split) <= max_shared
+        {
+            return Some(LaunchPlan {
+                unit_threads,
+                batch_block,
+                forward_split,
+                backward_split,
+            });
+        }
         if batch_block == 1 {
             return None;
         }
         batch_block /= 2;
     }
-    Some(LaunchPlan {
-        threads,
-        units_per_thread,
-        batch_block,
-    })
 }
 
 fn dims3(t: &CubeTensor<impl CubeRuntime>) -> [usize; 3] {
@@ -133,7 +201,7 @@ pub fn fused_forward<R: CubeRuntime>(
         forward::slstm_forward_kernel::launch_unchecked::<R>(
             &client,
             cube_count,
-            CubeDim::new_1d(plan.threads as u32),
+            CubeDim::new_1d((plan.unit_threads * plan.forward_split) as u32),
             wx.into_tensor_arg(),
             r.into_tensor_arg(),
             b.into_tensor_arg(),
@@ -143,7 +211,9 @@ pub fn fused_forward<R: CubeRuntime>(
             states.clone().into_tensor_arg(),
             dh,
             plan.batch_block,
-            plan.units_per_thread,
+            plan.unit_threads,
+            plan.forward_split,
+            LaunchPlan::unroll(dh, plan.forward_split),
             save,
             dtype.into(),
         )
@@ -165,11 +235,13 @@ pub fn fused_backward<R: CubeRuntime>(
     let [nh, _, dh] = dims3(&rt);
     let client = dout.client.clone();
     let device = dout.device.clone();
-    // The forward ran with this plan, so it fits.
+    // The forward found a plan for these sizes, so this finds one too (the backward shares
+    // no block sizes with the forward; the fallback is the smallest layout).
     let plan = plan(&client, batch, nh, dh, dtype.size()).unwrap_or(LaunchPlan {
-        threads: dh.min(MAX_THREADS),
-        units_per_thread: dh.div_ceil(dh.min(MAX_THREADS)),
+        unit_threads: dh.min(MAX_THREADS),
         batch_block: 1,
+        forward_split: 1,
+        backward_split: 1,
     });
     let (rt, gates, states, state0, dout) = (
         into_contiguous(rt),
@@ -196,7 +268,7 @@ pub fn fused_backward<R: CubeRuntime>(
         backward::slstm_backward_kernel::launch_unchecked::<R>(
             &client,
             cube_count,
-            CubeDim::new_1d(plan.threads as u32),
+            CubeDim::new_1d((plan.unit_threads * plan.backward_split) as u32),
             rt.into_tensor_arg(),
             gates.into_tensor_arg(),
             states.into_tensor_arg(),
@@ -206,7 +278,9 @@ pub fn fused_backward<R: CubeRuntime>(
             dstate0.clone().into_tensor_arg(),
             dh,
             plan.batch_block,
-            plan.units_per_thread,
+            plan.unit_threads,
+            plan.backward_split,
+            LaunchPlan::unroll(4 * dh, plan.backward_split),
             dtype.into(),
         )
     };
