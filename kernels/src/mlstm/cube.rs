@@ -101,6 +101,30 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) 
     )
 }
 
+/// The vector width of the step kernel's state accesses: the widest of 4, 2, 1 columns that
+/// divides `DV` and that the runtime loads in one access for both float types.
+fn step_width<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dv: usize,
+    dtype: DType,
+    state_dtype: DType,
+) -> usize {
+    let max = client
+        .io_optimized_vector_sizes(dtype.size())
+        .max()
+        .unwrap_or(1)
+        .min(
+            client
+                .io_optimized_vector_sizes(state_dtype.size())
+                .max()
+                .unwrap_or(1),
+        );
+    [4, 2, 1]
+        .into_iter()
+        .find(|&w| w <= max && dv % w == 0)
+        .unwrap_or(1)
+}
+
 /// Whether the kernels take this float type (f32, f16, bf16).
 fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
@@ -288,14 +312,31 @@ where
         let n = prim(state.n.cast(state_dtype));
         let m = prim(state.m.cast(state_dtype));
         let h = empty(&q, vec![b, nh, dv], dtype);
-        let c_out = empty(&q, vec![b, nh, dqk, dv], state_dtype);
         let n_out = empty(&q, vec![b, nh, dqk], state_dtype);
         let m_out = empty(&q, vec![b, nh], state_dtype);
         let client = q.client.clone();
+        let width = step_width(&client, dv, dtype, state_dtype);
+        // A state the caller no longer holds is updated in place (`c_out` aliases input 5).
+        let in_place = c.can_mut();
+        let c_out = if in_place {
+            c.clone()
+        } else {
+            empty(&q, vec![b, nh, dqk, dv], state_dtype)
+        };
+        let c_out_arg = if in_place {
+            c.as_tensor_alias(5)
+        } else {
+            c_out.clone().into_tensor_arg()
+        };
         mlstm_step_kernel::launch::<R>(
             &client,
-            CubeCount::Static(tiles as u32, nh as u32, b as u32),
+            CubeCount::Static(
+                dv.div_ceil(width * TILE_V as usize) as u32,
+                nh as u32,
+                b as u32,
+            ),
             CubeDim::new_2d(TILE_V, ROWS),
+            width,
             q.into_tensor_arg(),
             k.into_tensor_arg(),
             v.into_tensor_arg(),
@@ -305,7 +346,7 @@ where
             n.into_tensor_arg(),
             m.into_tensor_arg(),
             h.clone().into_tensor_arg(),
-            c_out.clone().into_tensor_arg(),
+            c_out_arg,
             n_out.clone().into_tensor_arg(),
             m_out.clone().into_tensor_arg(),
             1.0 / (dqk as f32).sqrt(),
