@@ -12,6 +12,7 @@
 //!   row `S - 1`).
 
 mod autodiff;
+mod cpu;
 #[cfg(feature = "cube")]
 pub mod cube;
 
@@ -96,7 +97,33 @@ pub trait SlstmBackend: Backend {
     }
 }
 
-impl SlstmBackend for NdArray<f32> {}
+/// `NdArray<f32>` runs the fused recurrence as plain Rust loops (`cpu.rs`).
+impl SlstmBackend for NdArray<f32> {
+    fn slstm_sequence(
+        wx: Tensor<Self, 3>,
+        weights: &SlstmWeights<Self>,
+        state: Option<SlstmState<Self>>,
+    ) -> Result<(Tensor<Self, 3>, SlstmState<Self>), CellError> {
+        fused_or_reference(wx, weights, state)
+    }
+
+    fn slstm_fused_forward(
+        wx: FloatTensor<Self>,
+        r: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        state0: FloatTensor<Self>,
+        save: bool,
+    ) -> Option<SlstmFused<Self>> {
+        Some(cpu::forward(wx, r, b, state0, save))
+    }
+
+    fn slstm_fused_backward(
+        saved: SlstmSaved<Self>,
+        dout: FloatTensor<Self>,
+    ) -> SlstmFusedGrads<Self> {
+        cpu::backward(saved, dout)
+    }
+}
 impl SlstmBackend for NdArray<f64> {}
 
 /// Checks the shapes as the reference does and returns `(batch, seq, NH, DH)`.
