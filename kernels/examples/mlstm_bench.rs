@@ -184,6 +184,7 @@ where
             n: Tensor::random([b, nh, dqk], n, dev),
             m: Tensor::zeros([b, nh], dev),
         };
+        // The caller keeps the state (a new one is written each call) ...
         let ms = guarded(|| {
             time::<B>(dev, 20, 50, || {
                 let _ = B::mlstm_step(
@@ -198,6 +199,30 @@ where
             })
         });
         let what = format!("step B{b} NH{nh} DQK{dqk} DV{dv} ({dname} in, f32 state)");
+        println!("{backend} {what}: {ms:?} ms");
+        rows.push(Row {
+            backend,
+            what,
+            ms,
+            peer,
+        });
+        // ... or hands it over, as generation does (updated in place).
+        let mut held = Some(state);
+        let ms = guarded(|| {
+            time::<B>(dev, 20, 50, || {
+                let (_, next) = B::mlstm_step(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    i.clone(),
+                    f.clone(),
+                    held.take(),
+                )
+                .unwrap();
+                held = Some(next);
+            })
+        });
+        let what = format!("step B{b} in place (state handed over)");
         println!("{backend} {what}: {ms:?} ms");
         rows.push(Row {
             backend,

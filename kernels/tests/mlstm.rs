@@ -277,7 +277,14 @@ fn steps<B: MlstmBackend>(dev: &B::Device) {
     let shapes: &[[usize; 5]] = if large() {
         &[[1, 1, 3, 16, 16], [2, 3, 4, 40, 72], [3, 2, 2, 256, 512]]
     } else {
-        &[[1, 1, 3, 16, 16], [2, 3, 4, 40, 72], [1, 2, 2, 64, 160]]
+        // DV 37 and 38 take the step kernel's narrower vectors (1 and 2 columns).
+        &[
+            [1, 1, 3, 16, 16],
+            [2, 3, 4, 40, 72],
+            [1, 2, 2, 64, 160],
+            [2, 1, 3, 24, 37],
+            [1, 2, 2, 20, 38],
+        ]
     };
     for (n, dims) in shapes.iter().enumerate() {
         let [b, nh, s, dqk, dv] = *dims;
@@ -324,6 +331,25 @@ fn steps<B: MlstmBackend>(dev: &B::Device) {
         let h: Tensor<B, 4> = Tensor::stack(hs, 2);
         check("steps vs chunkwise h", values(h), values(hc), 1e-5);
         check("steps vs chunkwise C", values(state.c), values(sc.c), 1e-5);
+
+        // A state the caller still holds is not updated in place.
+        let held = p.state::<B>(dev);
+        let before = values(held.c.clone());
+        let x0 = x.narrow(0, 1);
+        let _ = B::mlstm_step(
+            x0.q.reshape([b, nh, dqk]),
+            x0.k.reshape([b, nh, dqk]),
+            x0.v.reshape([b, nh, dv]),
+            x0.i_preact.reshape([b, nh]),
+            x0.f_preact.reshape([b, nh]),
+            Some(held.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            values(held.c),
+            before,
+            "a held state was modified ({dims:?})"
+        );
     }
     if !B::supports_dtype(dev, DType::BF16) {
         eprintln!("bf16 not supported by this backend (WGSL has no bf16): skipped");
