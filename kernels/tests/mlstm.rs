@@ -184,7 +184,7 @@ fn chunkwise_case<B: MlstmBackend>(
     chunk: usize,
     bf16: bool,
 ) {
-    let f_range = if seed % 2 == 0 {
+    let f_range = if seed.is_multiple_of(2) {
         (-3.0, 8.0)
     } else {
         (2.0, 6.0)

@@ -115,7 +115,7 @@ pub(crate) fn mlstm_chunk_states_kernel<F: Float, S: Float>(
     let seq = k.shape(2);
     let dqk = k.shape(3);
     let dv = v.shape(3);
-    let tiles_v = (dv + tv - 1) / tv;
+    let tiles_v = dv.div_ceil(tv);
     let a0 = (CUBE_POS_X as usize / tiles_v) * tk;
     let d0 = (CUBE_POS_X as usize % tiles_v) * tv;
     let first_v = d0 == 0;
@@ -157,7 +157,7 @@ pub(crate) fn mlstm_chunk_states_kernel<F: Float, S: Float>(
     let mut fs = SharedMemory::<f32>::new(l);
     let mut is = SharedMemory::<f32>::new(l);
 
-    let chunks = (seq + l - 1) / l;
+    let chunks = seq.div_ceil(l);
     let cs_base = group * c_start.stride(0) + head * c_start.stride(1);
     let ns_base = group * n_start.stride(0) + head * n_start.stride(1);
     for c in 0..chunks {
@@ -331,7 +331,7 @@ pub(crate) fn mlstm_chunk_outputs_kernel<F: Float>(
     let seq = q.shape(2);
     let dqk = q.shape(3);
     let dv = v.shape(3);
-    let tiles_v = (dv + tv - 1) / tv;
+    let tiles_v = dv.div_ceil(tv);
     let c = CUBE_POS_X as usize / tiles_v;
     let d0 = (CUBE_POS_X as usize % tiles_v) * tv;
     let t0 = c * l;

@@ -121,7 +121,7 @@ fn step_width<R: CubeRuntime>(
         );
     [4, 2, 1]
         .into_iter()
-        .find(|&w| w <= max && dv % w == 0)
+        .find(|&w| w <= max && dv.is_multiple_of(w))
         .unwrap_or(1)
 }
 

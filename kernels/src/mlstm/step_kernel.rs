@@ -3,12 +3,12 @@
 //!
 //! The step is bound by memory bandwidth (the state is read and written once), so the kernel is
 //! built for many wide loads in flight: one cube per `(column tile of DV, head, batch)`, a cube
-//! is `TILE_V` vectors of `N` columns (`Vector<_, N>`, 16 bytes of f32 state) × `ROWS` rows of
-//! units. Unit `(x, y)` owns the columns `N·x .. N·x + N` of its tile and the key rows
+//! is `TILE_V` vectors of `W` columns (`Vector<_, W>`, 16 bytes of f32 state) × `ROWS` rows of
+//! units. Unit `(x, y)` owns the columns `W·x .. W·x + W` of its tile and the key rows
 //! `y, y + ROWS, …`, which it walks `UNROLL` rows at a time: all `UNROLL` loads of `C` are
 //! issued before the first is used. It updates `C[a, d]` (eq. 19) and sums `q[a] C'[a, d]`;
 //! the partial sums over rows are reduced in shared memory. Every cube recomputes the scalar
-//! gates and `q·n'` (`DQK` products, negligible next to its `DQK × N·TILE_V` state tile); the
+//! gates and `q·n'` (`DQK` products, negligible next to its `DQK × W·TILE_V` state tile); the
 //! cube of the first column tile writes `n'` and `m'`. When the caller owns the state
 //! exclusively, `c_out` aliases `c` (the state is updated in place).
 //!
@@ -36,17 +36,17 @@ pub(crate) fn log_sigmoid(x: f32) -> f32 {
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn mlstm_step_kernel<F: Float, S: Float, N: Size>(
+pub(crate) fn mlstm_step_kernel<F: Float, S: Float, W: Size>(
     q: &Tensor<F>,                    // [B, NH, DQK]
     k: &Tensor<F>,                    // [B, NH, DQK]
-    v: &Tensor<Vector<F, N>>,         // [B, NH, DV]
+    v: &Tensor<Vector<F, W>>,         // [B, NH, DV]
     i_pre: &Tensor<F>,                // [B, NH]
     f_pre: &Tensor<F>,                // [B, NH]
-    c: &Tensor<Vector<S, N>>,         // [B, NH, DQK, DV]
+    c: &Tensor<Vector<S, W>>,         // [B, NH, DQK, DV]
     n: &Tensor<S>,                    // [B, NH, DQK]
     m: &Tensor<S>,                    // [B, NH]
-    h: &mut Tensor<Vector<F, N>>,     // [B, NH, DV]
-    c_out: &mut Tensor<Vector<S, N>>, // [B, NH, DQK, DV], may alias `c`
+    h: &mut Tensor<Vector<F, W>>,     // [B, NH, DV]
+    c_out: &mut Tensor<Vector<S, W>>, // [B, NH, DQK, DV], may alias `c`
     n_out: &mut Tensor<S>,            // [B, NH, DQK]
     m_out: &mut Tensor<S>,            // [B, NH]
     key_scale: f32,
@@ -88,13 +88,13 @@ pub(crate) fn mlstm_step_kernel<F: Float, S: Float, N: Size>(
     let co_row = c_out.stride(2) / width;
 
     // Numerator: this unit's rows of q ⊙ C'[:, d .. d + width].
-    let mut num = Vector::<f32, N>::new(0.0);
+    let mut num = Vector::<f32, W>::new(0.0);
     if d < dv {
         let v_d =
-            Vector::<f32, N>::cast_from(v[(batch * v.stride(0) + head * v.stride(1) + d) / width]);
+            Vector::<f32, W>::cast_from(v[(batch * v.stride(0) + head * v.stride(1) + d) / width]);
         let iv = v_d * Vector::new(input * key_scale);
-        let fv = Vector::<f32, N>::new(forget);
-        let mut loaded = Array::<Vector<S, N>>::new(UNROLL);
+        let fv = Vector::<f32, W>::new(forget);
+        let mut loaded = Array::<Vector<S, W>>::new(UNROLL);
         let mut a = y;
         // Full groups of UNROLL rows: the loads first, then the updates.
         while a + (UNROLL - 1) * rows < dqk {
@@ -139,7 +139,7 @@ pub(crate) fn mlstm_step_kernel<F: Float, S: Float, N: Size>(
         a += units;
     }
 
-    let mut num_part = SharedMemory::<Vector<f32, N>>::new(TILE_V as usize * ROWS as usize);
+    let mut num_part = SharedMemory::<Vector<f32, W>>::new(TILE_V as usize * ROWS as usize);
     let mut qn_part = SharedMemory::<f32>::new(TILE_V as usize * ROWS as usize);
     num_part[flat] = num;
     qn_part[flat] = qn;
@@ -147,7 +147,7 @@ pub(crate) fn mlstm_step_kernel<F: Float, S: Float, N: Size>(
     sync_cube();
 
     if y == 0 {
-        let mut col_num = Vector::<f32, N>::new(0.0);
+        let mut col_num = Vector::<f32, W>::new(0.0);
         let mut col_qn = 0.0f32;
         for r in 0..rows {
             col_num += num_part[r * tile_v + x];
