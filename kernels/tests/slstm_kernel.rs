@@ -156,6 +156,7 @@ fn run<B: AutodiffBackend + SlstmBackend>(
 }
 
 /// Rounds the inputs through bf16, so that the reference sees what the kernel sees.
+#[cfg(feature = "cuda")]
 fn round_bf16(p: &mut Problem) {
     let round = |v: &mut Vec<f32>| {
         let data = TensorData::new(v.clone(), [v.len()]).convert_dtype(burn::tensor::DType::BF16);
@@ -258,6 +259,7 @@ fn random_shapes<B: AutodiffBackend + SlstmBackend>(
     set_batch_block(0);
 }
 
+#[cfg(feature = "cuda")]
 fn random_shapes_bf16<B: AutodiffBackend + SlstmBackend>(backend: &str, device: &B::Device) {
     for (i, &(batch, seq, nh, dh, state, bb)) in shapes().iter().enumerate() {
         set_batch_block(bb);

@@ -116,7 +116,19 @@ pub fn slstm_backward_kernel<F: Float>(
             st[3 * i + 1] = states[plane + so];
             st[3 * i + 2] = states[2 * plane + so];
             load_step_inputs(
-                gates, states, state0, dout, &mut in_cur, i, b, j, seq - 1, head, dh, hid, seq,
+                gates,
+                states,
+                state0,
+                dout,
+                &mut in_cur,
+                i,
+                b,
+                j,
+                seq - 1,
+                head,
+                dh,
+                hid,
+                seq,
                 batch,
             );
         }
