@@ -163,6 +163,10 @@ fn float_dtype_supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// The fused forward's packed output `[B, S + 3, H]` and, when saving, the gate
+/// pre-activations and states for the backward.
+type ForwardOutput<R> = (CubeTensor<R>, Option<[CubeTensor<R>; 2]>);
+
 /// The fused forward on cube tensors; see [`SlstmBackend::slstm_fused_forward`].
 pub fn fused_forward<R: CubeRuntime>(
     wx: CubeTensor<R>,
@@ -170,7 +174,7 @@ pub fn fused_forward<R: CubeRuntime>(
     b: CubeTensor<R>,
     state0: CubeTensor<R>,
     save: bool,
-) -> Option<(CubeTensor<R>, Option<[CubeTensor<R>; 2]>)> {
+) -> Option<ForwardOutput<R>> {
     let dtype = wx.dtype;
     if !float_dtype_supported(dtype) || [&r, &b, &state0].iter().any(|t| t.dtype != dtype) {
         return None;
