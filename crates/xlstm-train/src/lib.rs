@@ -2,13 +2,16 @@
 //! byte-level text ([`data`]); AdamW with the official weight-decay groups ([`optim`]);
 //! linear warmup + cosine decay ([`schedule`]); global-norm clipping ([`clip`]); the loop with
 //! gradient accumulation, NaN/Inf skipping and evaluation per length bucket ([`trainer`]);
-//! atomic, exactly resumable checkpoints ([`checkpoint`]); metrics files ([`metrics`]).
+//! atomic, exactly resumable checkpoints ([`checkpoint`]); metrics files ([`metrics`]);
+//! data-parallel replicas over several devices (`distributed`, feature `collective`).
 //!
 //! The loop is generic over the backend and over any [`LanguageModel`].
 
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
+#[cfg(feature = "collective")]
+pub mod distributed;
 pub mod error;
 pub mod loss;
 pub mod metrics;
@@ -23,4 +26,4 @@ pub use error::TrainError;
 pub use model::LanguageModel;
 pub use optim::AdamWSettings;
 pub use schedule::WarmupCosine;
-pub use trainer::{evaluate, load_model, BucketResult, StepReport, TrainConfig, Trainer};
+pub use trainer::{evaluate, load_model, BucketResult, Replica, StepReport, TrainConfig, Trainer};

@@ -137,6 +137,27 @@ pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B> + LanguageModel<B>> 
     config: TrainConfig,
     state: TrainState,
     device: B::Device,
+    replica: Replica,
+}
+
+/// This trainer's place among data-parallel replicas: `rank` of `world` (rank 0 of 1 alone).
+///
+/// Each replica takes rows `rank·b/world .. (rank+1)·b/world` of every global micro-batch of
+/// `b = batch_size` rows, weights its loss by its share of the scored tokens, and the
+/// gradients are summed over replicas (burn's collective all-reduce) before clipping and the
+/// optimiser step, which every replica then applies identically: the update is that of one
+/// device on the whole global batch, up to floating-point order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// This replica's index, `0..world`.
+    pub rank: usize,
+    /// How many replicas train together.
+    pub world: usize,
+}
+
+impl Replica {
+    /// A trainer on its own.
+    pub const ALONE: Replica = Replica { rank: 0, world: 1 };
 }
 
 impl<B, M> Trainer<B, M>
@@ -162,7 +183,29 @@ where
             config,
             state,
             device,
+            replica: Replica::ALONE,
         })
+    }
+
+    /// Makes this trainer replica `replica.rank` of `replica.world` data-parallel replicas
+    /// (see [`Replica`]); every replica must have been registered with burn's collective
+    /// (`crate::distributed`). `batch_size` must be a multiple of the world size.
+    #[cfg(feature = "collective")]
+    pub fn into_replica(mut self, replica: Replica) -> Result<Self, TrainError> {
+        if replica.world == 0 || replica.rank >= replica.world {
+            return Err(TrainError::Config(format!(
+                "replica rank {} must be below the world size {} (≥ 1)",
+                replica.rank, replica.world
+            )));
+        }
+        if self.config.batch_size % replica.world != 0 {
+            return Err(TrainError::Config(format!(
+                "batch_size ({}) must be a multiple of the number of devices ({})",
+                self.config.batch_size, replica.world
+            )));
+        }
+        self.replica = replica;
+        Ok(self)
     }
 
     /// Continues from checkpoint `dir` (a `step-*` directory or a folder with `LATEST`):
@@ -202,6 +245,7 @@ where
                 config,
                 state,
                 device,
+                replica: Replica::ALONE,
             },
             meta,
         ))
@@ -227,21 +271,46 @@ where
         self.state.step >= self.config.steps
     }
 
-    /// One optimiser step on the next `grad_accum` micro-batches of `data`.
+    /// One optimiser step on the next `grad_accum` micro-batches of `data` (this replica's
+    /// rows of them; see [`Replica`]).
     pub fn step(&mut self, data: &Dataset) -> Result<StepReport, TrainError> {
-        let batches: Vec<Batch> = (0..self.config.grad_accum)
+        let Replica { rank, world } = self.replica;
+        let (global, accum) = (self.config.batch_size, self.config.grad_accum);
+        let rows = global / world;
+        let micro: Vec<(Batch, f64)> = (0..accum)
             .map(|k| {
-                let first = self.state.examples_seen + (k * self.config.batch_size) as u64;
-                data.train_batch(first, self.config.batch_size)
+                let first = self.state.examples_seen + (k * global) as u64;
+                let shard = data.train_batch(first + (rank * rows) as u64, rows);
+                // This shard's share of the micro-batch's scored tokens (1 when alone), so
+                // that the summed loss is the mean over the whole global micro-batch.
+                let weight = if world == 1 {
+                    1.0
+                } else {
+                    shard.scored() as f64 / data.train_batch(first, global).scored().max(1) as f64
+                };
+                (shard, weight / accum as f64)
             })
             .collect();
-        self.step_on(&batches)
+        self.step_weighted(&micro, (accum * global) as u64)
     }
 
-    /// One optimiser step on the given micro-batches (their mean loss).
+    /// One optimiser step on the given micro-batches (their mean loss), on this trainer alone.
     pub fn step_on(&mut self, batches: &[Batch]) -> Result<StepReport, TrainError> {
+        let n = batches.len() as f64;
+        let micro: Vec<(Batch, f64)> = batches.iter().map(|b| (b.clone(), 1.0 / n)).collect();
+        let examples = batches.iter().map(|b| b.batch as u64).sum();
+        self.step_weighted(&micro, examples)
+    }
+
+    /// One optimiser step on `Σ_k weight_k · loss(batch_k)`, summed over the replicas;
+    /// `examples` rows of data are consumed in all.
+    fn step_weighted(
+        &mut self,
+        micro: &[(Batch, f64)],
+        examples: u64,
+    ) -> Result<StepReport, TrainError> {
         let model = self.model.take().expect("model present between steps");
-        let result = self.accumulate(&model, batches);
+        let result = self.accumulate(&model, micro);
         let (loss, tokens, mut grads) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -249,6 +318,14 @@ where
                 return Err(e);
             }
         };
+        let (loss, tokens) = match self.all_reduce(loss, tokens, &mut grads) {
+            Ok(r) => r,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        self.state.examples_seen += examples;
         let grad_norm = global_grad_norm(&model, &grads);
         let lr = self.state.schedule.lr(self.state.step);
         self.state.step += 1;
@@ -273,33 +350,56 @@ where
         })
     }
 
-    /// Forward and backward over the micro-batches: `(mean loss, tokens, summed gradients
-    /// of the loss divided by the number of micro-batches)`.
+    /// Sums the loss, the token count and the gradients over the replicas (nothing alone).
+    #[cfg_attr(not(feature = "collective"), allow(unused_variables))]
+    fn all_reduce(
+        &self,
+        loss: f64,
+        tokens: usize,
+        grads: &mut GradientsParams,
+    ) -> Result<(f64, usize), TrainError> {
+        if self.replica.world == 1 {
+            return Ok((loss, tokens));
+        }
+        #[cfg(feature = "collective")]
+        {
+            let summed = crate::distributed::all_reduce_grads::<B>(
+                self.replica,
+                std::mem::take(grads),
+                &[loss, tokens as f64],
+                &self.device,
+            )?;
+            *grads = summed.0;
+            Ok((summed.1[0], summed.1[1] as usize))
+        }
+        #[cfg(not(feature = "collective"))]
+        unreachable!("a replica of several exists only with the `collective` feature")
+    }
+
+    /// Forward and backward over the micro-batches: `(Σ weight·loss, tokens, Σ weight·∇loss)`.
     fn accumulate(
         &mut self,
         model: &M,
-        batches: &[Batch],
+        micro: &[(Batch, f64)],
     ) -> Result<(f64, usize, GradientsParams), TrainError> {
-        let n = batches.len() as f64;
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut single: Option<GradientsParams> = None;
-        for batch in batches {
+        for (batch, weight) in micro {
             let (x, y) = batch.to_tensors::<B>(&self.device);
             let loss = masked_cross_entropy(model.logits(x).map_err(TrainError::Model)?, y);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(loss.div_scalar(n).backward(), model);
-            if batches.len() == 1 {
+            loss_sum += weight * loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(loss.mul_scalar(*weight).backward(), model);
+            if micro.len() == 1 {
                 single = Some(grads);
             } else {
                 accumulator.accumulate(model, grads);
             }
             tokens += batch.batch * batch.seq_len;
-            self.state.examples_seen += batch.batch as u64;
         }
         Ok((
-            loss_sum / n,
+            loss_sum,
             tokens,
             single.unwrap_or_else(|| accumulator.grads()),
         ))

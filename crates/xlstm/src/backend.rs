@@ -61,3 +61,31 @@ macro_rules! with_backend {
         }
     }};
 }
+
+/// The `index`-th device of a backend (`xlstm train --devices N` uses `0..N`).
+pub trait DeviceIndex: Sized {
+    fn nth(index: usize) -> Self;
+}
+
+#[cfg(feature = "ndarray")]
+impl DeviceIndex for burn::backend::ndarray::NdArrayDevice {
+    /// ndarray has one device, the CPU: replicas share it (which checks the arithmetic of
+    /// data-parallel training, not its speed).
+    fn nth(_: usize) -> Self {
+        Self::Cpu
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl DeviceIndex for burn::backend::wgpu::WgpuDevice {
+    fn nth(index: usize) -> Self {
+        Self::DiscreteGpu(index)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceIndex for burn::backend::cuda::CudaDevice {
+    fn nth(index: usize) -> Self {
+        Self::new(index)
+    }
+}

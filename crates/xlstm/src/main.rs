@@ -9,6 +9,8 @@ mod bench;
 mod generate;
 mod model_args;
 mod plot;
+#[cfg(feature = "distributed")]
+mod replicas;
 mod sample;
 mod train_cmd;
 

@@ -1,6 +1,6 @@
 //! `xlstm train` and `xlstm eval`.
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, DeviceIndex};
 use crate::model_args::{paper_name, Defaults, ModelArgs};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
@@ -91,6 +91,10 @@ pub struct TrainArgs {
     /// Checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: usize,
+    /// Data-parallel training on the backend's first N devices (`--batch` is the global
+    /// batch, split evenly; needs the `distributed` feature, on by default with cuda/wgpu).
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +176,23 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
         ));
     }
     let config = args.train_config();
+    if args.devices == 0 {
+        return Err("--devices must be at least 1".into());
+    }
+    if args.devices > 1 {
+        if !cfg!(feature = "distributed") {
+            return Err(format!(
+                "--devices {}: this build has no data-parallel training (cargo feature `distributed`)",
+                args.devices
+            ));
+        }
+        if args.batch % args.devices != 0 {
+            return Err(format!(
+                "--batch {} must be a multiple of --devices {}",
+                args.batch, args.devices
+            ));
+        }
+    }
     with_backend!(args.backend, |device, AB, IB| run_training::<AB>(
         &args, &data, &model_cfg, config, device
     ))
@@ -187,15 +208,35 @@ fn run_training<AB>(
 where
     AB: burn::tensor::backend::AutodiffBackend + xlstm_kernels::XlstmBackend,
     AB::InnerBackend: xlstm_kernels::XlstmBackend,
+    AB::Device: DeviceIndex,
 {
     let e = |e: TrainError| e.to_string();
     let ckpt_dir = args.out.join("checkpoints");
+    let device = match args.devices {
+        1 => device,
+        _ => AB::Device::nth(0),
+    };
     AB::seed(&device, args.seed);
     let model = model_cfg
         .init::<AB>(&device)
         .map_err(|e| format!("model config: {e}"))?;
     let meta = json!({"model": model_cfg, "task": data.config(), "train": config});
-    let mut trainer = if args.resume {
+    #[cfg(feature = "distributed")]
+    let followers = if args.devices > 1 {
+        let plan = crate::replicas::Plan {
+            world: args.devices,
+            config: config.clone(),
+            data: data.clone(),
+            resume: args.resume.then(|| ckpt_dir.clone()),
+        };
+        // Registration waits for every replica: start the followers first.
+        let followers = crate::replicas::spawn_followers::<AB>(plan, &model);
+        xlstm_train::distributed::join::<AB>(0, args.devices, device.clone()).map_err(e)?;
+        followers
+    } else {
+        Vec::new()
+    };
+    let trainer = if args.resume {
         let (t, stored) = Trainer::resume(model, config, &ckpt_dir, device.clone()).map_err(e)?;
         if stored["model"] != meta["model"] || stored["task"] != meta["task"] {
             return Err(format!(
@@ -207,6 +248,14 @@ where
     } else {
         Trainer::new(model, config, device.clone()).map_err(e)?
     };
+    #[cfg(feature = "distributed")]
+    let trainer = trainer
+        .into_replica(xlstm_train::Replica {
+            rank: 0,
+            world: args.devices,
+        })
+        .map_err(e)?;
+    let mut trainer = trainer;
     let mut metrics = MetricsWriter::create(&args.out, args.resume).map_err(e)?;
     let io = |err: std::io::Error| format!("metrics in {}: {err}", args.out.display());
     let name = paper_name(model_cfg);
@@ -287,6 +336,15 @@ where
         }
     }
     bar.finish_and_clear();
+    #[cfg(feature = "distributed")]
+    if args.devices > 1 {
+        xlstm_train::distributed::leave::<AB>(0).map_err(e)?;
+        for follower in followers {
+            follower
+                .join()
+                .map_err(|_| "a data-parallel replica panicked".to_string())?;
+        }
+    }
     metrics.flush().map_err(io)?;
     let elapsed = started.elapsed();
     let plot_path = args.out.join("metrics.png");

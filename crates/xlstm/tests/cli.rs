@@ -151,3 +151,71 @@ fn train_resume_eval_and_generate_end_to_end() {
     );
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// The training losses of a run, from its `metrics.jsonl`.
+fn train_losses(out: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[cfg(feature = "distributed")]
+#[test]
+fn two_replicas_train_like_one_device_on_the_global_batch() {
+    let run = |devices: &str| {
+        let out = std::env::temp_dir().join(format!("xlstm-dp{devices}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let args = [
+            "train",
+            "--devices",
+            devices,
+            "--steps",
+            "3",
+            "--blocks",
+            "2",
+            "--slstm-at",
+            "1",
+            "--embedding-dim",
+            "8",
+            "--batch",
+            "6",
+            "--grad-accum",
+            "2",
+            "--train-max",
+            "9",
+            "--eval-max",
+            "9",
+            "--eval-examples",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let (code, _, err) = xlstm(&args);
+        assert_eq!(code, 0, "--devices {devices}: {err}");
+        let losses = train_losses(&out);
+        std::fs::remove_dir_all(&out).unwrap();
+        losses
+    };
+    let (one, two) = (run("1"), run("2"));
+    assert_eq!(one.len(), 3);
+    for (a, b) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "one device {one:?}, two {two:?}"
+        );
+    }
+    fails_with(
+        &["train", "--devices", "4", "--batch", "6"],
+        "multiple of --devices",
+    );
+}
+
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn several_devices_need_the_distributed_feature() {
+    fails_with(&["train", "--devices", "2"], "distributed");
+}
