@@ -24,6 +24,8 @@ pub const DEFAULT_CHUNK: usize = 64;
 const SLICE: usize = 16;
 /// Bound on the f32 chunk-start states kept at once (bytes); larger batches run in groups.
 const STATES_BYTES: usize = 1 << 30;
+/// Cubes per launch of the state kernel below which it takes the smaller (64×64) tiles.
+const MIN_STATE_CUBES: usize = 2048;
 /// Largest cube count along one axis that every runtime accepts (WebGPU's limit).
 const MAX_CUBES: usize = 65_535;
 
@@ -176,7 +178,19 @@ where
         };
         let len = plan.len;
         let chunks = s.div_ceil(len);
-        let (rm_state, rn_state, rn_out) = (plan.rm_state, plan.rn_state, plan.rn_out);
+        // The chunk-start states are f32 [G, NH, NC, DQK, DV]: the batch runs in groups of G
+        // entries so that they stay under STATES_BYTES.
+        let group = (STATES_BYTES / (nh * chunks * dqk * dv * 4)).clamp(1, b);
+        // A state cube walks every chunk in turn, so the state kernel needs many cubes in
+        // flight: the large tiles only where they still give MIN_STATE_CUBES per launch (on
+        // the H200 at B8 NH8 S8192 DQK256 DV512, 128 cubes of 128×128 took 5.9 ms per group).
+        let big_tiles = dqk.div_ceil(16 * plan.rm_state) * dv.div_ceil(16 * plan.rn_state);
+        let (rm_state, rn_state) = if big_tiles * nh * group >= MIN_STATE_CUBES {
+            (plan.rm_state, plan.rn_state)
+        } else {
+            (4, 4)
+        };
+        let rn_out = plan.rn_out;
         let tiles_out = chunks * dv.div_ceil(16 * rn_out);
         let tiles_state = dqk.div_ceil(16 * rm_state) * dv.div_ceil(16 * rn_state);
         if !supported(dtype)
@@ -199,10 +213,6 @@ where
         let n0 = prim(state.n.cast(state_dtype));
         let m0 = prim(state.m.cast(state_dtype));
 
-        // The chunk-start states are f32 [G, NH, NC, DQK, DV]: the batch runs in groups of G
-        // entries so that they stay under STATES_BYTES.
-        let per_entry = nh * chunks * dqk * dv * 4;
-        let group = (STATES_BYTES / per_entry).clamp(1, b);
         let c_start = empty(&q, vec![group, nh, chunks, dqk, dv], DType::F32);
         let n_start = empty(&q, vec![group, nh, chunks, dqk], DType::F32);
         let m_start = empty(&q, vec![group, nh, chunks], DType::F32);
