@@ -88,11 +88,15 @@ fn values<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
     t.into_data().iter::<f64>().collect()
 }
 
-/// Runs the problem through `B::slstm_sequence` with inputs cast to `dtype`.
+/// Runs the problem through `B::slstm_sequence` with inputs cast to `dtype`, or through the
+/// tensor-op reference `xlstm_cells::slstm::sequence` when `reference` (ndarray's own
+/// `slstm_sequence` is its fused CPU loop, itself checked against the reference in
+/// `slstm_cpu.rs`).
 fn run<B: AutodiffBackend + SlstmBackend>(
     p: &Problem,
     device: &B::Device,
     dtype: FloatDType,
+    reference: bool,
 ) -> Results {
     let hid = p.nh * p.dh;
     let leaf = |v: &[f32], shape: Vec<usize>| {
@@ -126,7 +130,12 @@ fn run<B: AutodiffBackend + SlstmBackend>(
         n: cast2(s[2].clone()),
         m: cast2(s[3].clone()),
     });
-    let (h, last) = B::slstm_sequence(wx.clone().cast(dtype), &weights, state_in).unwrap();
+    let (h, last) = if reference {
+        xlstm_cells::slstm::sequence(wx.clone().cast(dtype), &weights, state_in)
+    } else {
+        B::slstm_sequence(wx.clone().cast(dtype), &weights, state_in)
+    }
+    .unwrap();
     let h = h.cast(FloatDType::F32);
     let finals = [last.h, last.c, last.n, last.m].map(|t| t.cast(FloatDType::F32));
     let weight = |v: &[f32], shape: [usize; 3]| {
@@ -179,8 +188,8 @@ fn check<B: AutodiffBackend + SlstmBackend>(
     bounds: (f64, f64),
     dr_bound: f64,
 ) {
-    let want = run::<Reference>(p, &Default::default(), FloatDType::F32);
-    let got = run::<B>(p, device, dtype);
+    let want = run::<Reference>(p, &Default::default(), FloatDType::F32, true);
+    let got = run::<B>(p, device, dtype, false);
     let mut failures = vec![];
     for ((what, g), (_, w)) in got.iter().zip(&want) {
         let bound = match *what {

@@ -198,7 +198,7 @@ where
                 replica.rank, replica.world
             )));
         }
-        if self.config.batch_size % replica.world != 0 {
+        if !self.config.batch_size.is_multiple_of(replica.world) {
             return Err(TrainError::Config(format!(
                 "batch_size ({}) must be a multiple of the number of devices ({})",
                 self.config.batch_size, replica.world

@@ -11,6 +11,30 @@ use xlstm_blocks::lm::XlstmLm;
 use xlstm_train::distributed::{join, leave};
 use xlstm_train::{Dataset, Replica, TrainConfig, Trainer};
 
+/// Checks that devices `0..world` exist by creating a tensor on each, so that a missing GPU
+/// is one clear error before training starts rather than a failure inside the runtime.
+pub fn check_devices<AB: AutodiffBackend>(world: usize) -> Result<(), String>
+where
+    AB::Device: DeviceIndex,
+{
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let missing = (0..world).find(|&i| {
+        std::panic::catch_unwind(|| {
+            let t = burn::tensor::Tensor::<AB, 1>::zeros([1], &AB::Device::nth(i));
+            t.into_data();
+        })
+        .is_err()
+    });
+    std::panic::set_hook(hook);
+    match missing {
+        Some(i) => Err(format!(
+            "--devices {world}: device {i} of this backend is not available"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What every follower needs to start (or resume) its replica.
 pub struct Plan {
     pub world: usize,

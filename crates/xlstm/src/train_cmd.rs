@@ -186,7 +186,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
                 args.devices
             ));
         }
-        if args.batch % args.devices != 0 {
+        if !args.batch.is_multiple_of(args.devices) {
             return Err(format!(
                 "--batch {} must be a multiple of --devices {}",
                 args.batch, args.devices
@@ -229,6 +229,7 @@ where
             data: data.clone(),
             resume: args.resume.then(|| ckpt_dir.clone()),
         };
+        crate::replicas::check_devices::<AB>(args.devices)?;
         // Registration waits for every replica: start the followers first.
         let followers = crate::replicas::spawn_followers::<AB>(plan, &model);
         xlstm_train::distributed::join::<AB>(0, args.devices, device.clone()).map_err(e)?;

@@ -153,6 +153,7 @@ fn train_resume_eval_and_generate_end_to_end() {
 }
 
 /// The training losses of a run, from its `metrics.jsonl`.
+#[cfg(feature = "distributed")]
 fn train_losses(out: &std::path::Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()

@@ -165,7 +165,14 @@ pub fn forward(
         .par_chunks_mut((d.seq + 3) * hid)
         .zip(wx.par_chunks(d.seq * GATES * hid))
         .enumerate();
-    if save {
+    if d.batch == 1 {
+        // One row (generation): run it here; handing it to rayon's pool would cost a thread
+        // switch per call, more than a short sequence's work.
+        let init = [0, 1, 2, 3].map(|k| row_state(0, k));
+        let saved = save.then_some([cs, ns, ms]);
+        let g = save.then_some(&mut gates[..]);
+        forward_row(d, &wx, &r, &bias, init, &mut out, g, saved);
+    } else if save {
         let seq_h = d.seq * hid;
         work.zip(gates.par_chunks_mut(d.seq * GATES * hid))
             .zip(cs.par_chunks_mut(seq_h))
