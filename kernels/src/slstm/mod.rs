@@ -60,7 +60,8 @@ pub struct SlstmFusedGrads<B: Backend> {
 }
 
 /// The sLSTM recurrence over a sequence; see [`xlstm_cells::slstm::sequence`] for the math,
-/// shapes and errors. The default is that tensor-op reference.
+/// shapes and errors. The default runs this backend's fused hook where it has one, else that
+/// tensor-op reference.
 pub trait SlstmBackend: Backend {
     /// `wx [B, S, 4·H]` (gate, head, unit) → `h [B, S, H]` and the final state.
     fn slstm_sequence(
@@ -68,7 +69,7 @@ pub trait SlstmBackend: Backend {
         weights: &SlstmWeights<Self>,
         state: Option<SlstmState<Self>>,
     ) -> Result<(Tensor<Self, 3>, SlstmState<Self>), CellError> {
-        xlstm_cells::slstm::sequence(wx, weights, state)
+        fused_or_reference(wx, weights, state)
     }
 
     /// The fused forward on primitives (`wx [B, S, 4·H]`, `r [NH, DH, 4·DH]`, `b [4·H]`,
@@ -99,14 +100,6 @@ pub trait SlstmBackend: Backend {
 
 /// `NdArray<f32>` runs the fused recurrence as plain Rust loops (`cpu.rs`).
 impl SlstmBackend for NdArray<f32> {
-    fn slstm_sequence(
-        wx: Tensor<Self, 3>,
-        weights: &SlstmWeights<Self>,
-        state: Option<SlstmState<Self>>,
-    ) -> Result<(Tensor<Self, 3>, SlstmState<Self>), CellError> {
-        fused_or_reference(wx, weights, state)
-    }
-
     fn slstm_fused_forward(
         wx: FloatTensor<Self>,
         r: FloatTensor<Self>,
@@ -175,9 +168,9 @@ fn unpack_output<B: Backend>(out: Tensor<B, 3>, seq: usize) -> (Tensor<B, 3>, Sl
     (out.narrow(1, 0, seq), state)
 }
 
-/// `slstm_sequence` through the fused kernel of `B` where it has one, else the reference.
-/// Used by backends without autodiff (the forward saves nothing).
-pub fn fused_or_reference<B: SlstmBackend>(
+/// `slstm_sequence` through the fused kernel of `B` where it has one, else the reference
+/// (the trait's default; the forward saves nothing, `Autodiff<B>` has its own).
+fn fused_or_reference<B: SlstmBackend>(
     wx: Tensor<B, 3>,
     weights: &SlstmWeights<B>,
     state: Option<SlstmState<B>>,

@@ -12,10 +12,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
-use xlstm_cells::slstm::{SlstmState, SlstmWeights};
-use xlstm_cells::CellError;
 
-use super::{fused_or_reference, SlstmBackend, SlstmFused, SlstmFusedGrads, SlstmSaved};
+use super::{SlstmBackend, SlstmFused, SlstmFusedGrads, SlstmSaved};
 
 /// Most threads per cube we ask for (CUDA's limit; the device's own limit applies too).
 const MAX_THREADS: usize = 1024;
@@ -299,14 +297,6 @@ pub fn fused_backward<R: CubeRuntime>(
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SlstmBackend
     for CubeBackend<R, F, I, BT>
 {
-    fn slstm_sequence(
-        wx: Tensor<Self, 3>,
-        weights: &SlstmWeights<Self>,
-        state: Option<SlstmState<Self>>,
-    ) -> Result<(Tensor<Self, 3>, SlstmState<Self>), CellError> {
-        fused_or_reference(wx, weights, state)
-    }
-
     fn slstm_fused_forward(
         wx: FloatTensor<Self>,
         r: FloatTensor<Self>,
