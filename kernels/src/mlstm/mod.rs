@@ -5,6 +5,7 @@
 //! two (`chunk_kernel.rs`, TFLA-style). Other backends, and shapes or float types the kernels
 //! do not take, use the tensor-op reference of `xlstm_cells::mlstm`.
 
+mod backward;
 #[cfg(feature = "cube")]
 mod chunk_kernel;
 #[cfg(feature = "cube")]
@@ -34,6 +35,21 @@ pub trait MlstmBackend: Backend {
         chunk_size: usize,
     ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
         xlstm_cells::mlstm::chunkwise(x, state, chunk_size)
+    }
+
+    /// Gradients of [`Self::mlstm_chunkwise`] from `state` (the zero state where the forward had
+    /// none): `dh [B, NH, S, DV]` and `dstate` are the gradients of its outputs. Returns the
+    /// gradients of the five inputs and of the three state tensors, each in its tensor's float
+    /// type. The default is TFLA's backward in tensor ops (`backward.rs`), memory
+    /// O(S · (chunk + DQK · DV / chunk)).
+    fn mlstm_chunkwise_backward(
+        x: &MlstmInputs<Self>,
+        state: MlstmState<Self>,
+        chunk_size: usize,
+        dh: Tensor<Self, 4>,
+        dstate: MlstmState<Self>,
+    ) -> (MlstmInputs<Self>, MlstmState<Self>) {
+        backward::chunkwise_backward(x, state, chunk_size, dh, dstate)
     }
 
     /// One recurrent step: `q, k [B, NH, DQK]`, `v [B, NH, DV]`, gates `[B, NH]` →

@@ -1,0 +1,471 @@
+//! The gradients of the chunkwise mLSTM in tensor ops, the backward of TFLA (Beck et al. 2025).
+//!
+//! It recomputes the chunk-boundary states from the inputs (nothing but the inputs and the
+//! initial state is saved by the forward), then runs the chain rule of `xlstm_cells::mlstm`'s
+//! chunkwise form by hand: a reverse recurrence over the chunks for the state gradients
+//! `dC, dn, dm`, and all chunks in parallel for `dq, dk, dv` and the gate gradients.
+//! Memory is O(S · (L + DQK · DV / L)): the chunk-boundary states and their gradients, and an
+//! `[L, L]` matrix per chunk.
+//!
+//! Within a chunk (notation of the forward, `chunk_kernel.rs`): `A_ts = e^{log D_ts - stab_t}`,
+//! `g_t = e^{m₀ + F_t - stab_t}`, `P = (Q Kᵀ) ∘ A`, `num_t = (P V)_t + g_t q_t C₀`,
+//! `qn_t = Σ_s P_ts + g_t q_t·n₀`, `den_t = max(|qn_t|, e^{-stab_t}) + eps`, `h_t = num_t / den_t`.
+//! Then, with `dot_t = dh_t·h_t`:
+//! - `dnum_t = dh_t / den_t`, `dqn_t = -sign(qn_t) dot_t / den_t` where `|qn_t| ≥ e^{-stab_t}`
+//!   (else 0: the normaliser's floor is taken);
+//! - `dP = dnum Vᵀ + dqn 1ᵀ`, `dQ = (dP∘A) K + g (dnum C₀ᵀ + dqn n₀ᵀ)`, `dK = (dP∘A)ᵀ Q`,
+//!   `dV = Pᵀ dnum`, `dC₀ += (g Q)ᵀ dnum`, `dn₀ += (g Q)ᵀ dqn`;
+//! - the log weights: `d log D_ts = dP_ts P_ts`, `d(m₀ + F_t) = g_t (q_t C₀·dnum_t + dqn_t q_t·n₀)`;
+//! - the stabiliser: every term scales with `e^{-stab_t}` except `eps`, so its total gradient is
+//!   `-dot_t · eps / den_t`; it goes to the argument of the max, as burn's `max_dim`/`max_pair`
+//!   send it (ties to the row maximum).
+//!
+//! Between chunks, `C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ` with `w_s = e^{ĩ_s+F_L-F_s-m₁}` and
+//! `m₁ = max(F_L + m₀, max_s(ĩ_s + F_L - F_s))`; given `dC₁, dn₁, dm₁`:
+//! `dm₁' = dm₁ - ⟨dC₁, C₁⟩ - ⟨dn₁, n₁⟩` (to the argument of the max),
+//! `d(F_L+m₀) += e^{F_L+m₀-m₁}(⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩)`, `dC₀ += e^{F_L+m₀-m₁} dC₁`,
+//! `dk_s += w_s (dC₁ v_s + dn₁)`, `dv_s += w_s dC₁ᵀ k_s`, `d log w_s = k_s·dk_s`.
+//! The log weights are sums of `log σ(f̃_u)` over ranges of a chunk, so the forget-gate gradient
+//! is a reverse cumulative sum of the row sums minus the column sums of `d log D` (plus the
+//! boundary terms), times `σ(-f̃)`.
+
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_gating::{log_forget_gate, M_EMPTY};
+
+/// Bound on the f32 chunk-boundary states kept at once (bytes); larger batches run in groups.
+const STATES_BYTES: usize = 1 << 30;
+
+/// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given the output
+/// gradients `dh [B, NH, S, DV]` and `dstate` (of the final state). Returns the gradients of the
+/// inputs and of the initial state, each in the float type of its own tensor.
+pub(crate) fn chunkwise_backward<B: Backend>(
+    x: &MlstmInputs<B>,
+    state: MlstmState<B>,
+    chunk_size: usize,
+    dh: Tensor<B, 4>,
+    dstate: MlstmState<B>,
+) -> (MlstmInputs<B>, MlstmState<B>) {
+    let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
+    let len = chunk_size.clamp(1, s);
+    let group = (STATES_BYTES / (nh * (s.div_ceil(len) + 1) * dqk * dv * 4)).clamp(1, b);
+    if group >= b {
+        return group_backward(x, state, len, dh, dstate);
+    }
+    let mut parts = vec![];
+    for first in (0..b).step_by(group) {
+        let n = group.min(b - first);
+        let x = MlstmInputs {
+            q: x.q.clone().narrow(0, first, n),
+            k: x.k.clone().narrow(0, first, n),
+            v: x.v.clone().narrow(0, first, n),
+            i_preact: x.i_preact.clone().narrow(0, first, n),
+            f_preact: x.f_preact.clone().narrow(0, first, n),
+        };
+        let part = |st: &MlstmState<B>| MlstmState {
+            c: st.c.clone().narrow(0, first, n),
+            n: st.n.clone().narrow(0, first, n),
+            m: st.m.clone().narrow(0, first, n),
+        };
+        let dh = dh.clone().narrow(0, first, n);
+        parts.push(group_backward(&x, part(&state), len, dh, part(&dstate)));
+    }
+    let (dx, ds): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    (
+        MlstmInputs {
+            q: Tensor::cat(dx.iter().map(|d| d.q.clone()).collect(), 0),
+            k: Tensor::cat(dx.iter().map(|d| d.k.clone()).collect(), 0),
+            v: Tensor::cat(dx.iter().map(|d| d.v.clone()).collect(), 0),
+            i_preact: Tensor::cat(dx.iter().map(|d| d.i_preact.clone()).collect(), 0),
+            f_preact: Tensor::cat(dx.iter().map(|d| d.f_preact.clone()).collect(), 0),
+        },
+        MlstmState {
+            c: Tensor::cat(ds.iter().map(|d| d.c.clone()).collect(), 0),
+            n: Tensor::cat(ds.iter().map(|d| d.n.clone()).collect(), 0),
+            m: Tensor::cat(ds.iter().map(|d| d.m.clone()).collect(), 0),
+        },
+    )
+}
+
+/// [`chunkwise_backward`] for one group of batch entries, chunk size `len ≤ S`.
+fn group_backward<B: Backend>(
+    x: &MlstmInputs<B>,
+    state: MlstmState<B>,
+    len: usize,
+    dh: Tensor<B, 4>,
+    dstate: MlstmState<B>,
+) -> (MlstmInputs<B>, MlstmState<B>) {
+    let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
+    let nc = s.div_ceil(len);
+    let pad = nc * len - s;
+    let dev = x.q.device();
+    let scale = 1.0 / (dqk as f64).sqrt();
+    // Padding tokens as the reference's: ĩ = M_EMPTY, f̃ = -M_EMPTY (log f = 0), q = k = v = 0.
+    let seq4 = |t: Tensor<B, 4>, d: usize| {
+        let t = t.cast(DType::F32);
+        let t = if pad == 0 {
+            t
+        } else {
+            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(DType::F32);
+            Tensor::cat(vec![t, zeros], 2)
+        };
+        t.reshape([b, nh, nc, len, d])
+    };
+    let seq3 = |t: Tensor<B, 3>, value: f64| {
+        let t = t.cast(DType::F32);
+        let t = if pad == 0 {
+            t
+        } else {
+            let fill = Tensor::<B, 3>::full([b, nh, pad], value, &dev).cast(DType::F32);
+            Tensor::cat(vec![t, fill], 2)
+        };
+        t.reshape([b, nh, nc, len])
+    };
+    let q = seq4(x.q.clone(), dqk); // [B, NH, NC, L, DQK]
+    let k = seq4(x.k.clone(), dqk) * scale;
+    let v = seq4(x.v.clone(), dv); // [B, NH, NC, L, DV]
+    let log_i = seq3(x.i_preact.clone(), M_EMPTY); // [B, NH, NC, L]
+    let f_pre = seq3(x.f_preact.clone(), -M_EMPTY);
+    let log_f = log_forget_gate(f_pre.clone());
+    let f_cum = log_f.clone().cumsum(3); // F_t
+    let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
+    let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]
+
+    // The chunk-boundary states, recomputed as the forward does.
+    let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
+    let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
+    let k_w = k.clone() * (log_w.clone() - m_loc.clone()).exp().unsqueeze_dim::<5>(4);
+    let kv = k_w.clone().swap_dims(3, 4).matmul(v.clone()); // [B, NH, NC, DQK, DV]
+    let k_sum = k_w.sum_dim(3).reshape([b, nh, nc, dqk]);
+    let m_loc = m_loc.reshape([b, nh, nc]);
+    let mut c = state.c.clone().cast(DType::F32);
+    let mut n = state.n.clone().cast(DType::F32);
+    let mut m = state.m.clone().cast(DType::F32);
+    let (mut cs, mut ns, mut ms) = (vec![c.clone()], vec![n.clone()], vec![m.clone()]);
+    for chunk in 0..nc {
+        let decayed = f_last.clone().narrow(2, chunk, 1).reshape([b, nh]) + m;
+        let m_in = m_loc.clone().narrow(2, chunk, 1).reshape([b, nh]);
+        let m_new = decayed.clone().max_pair(m_in.clone());
+        let decay = (decayed - m_new.clone()).exp();
+        let gain = (m_in - m_new.clone()).exp();
+        let kv_chunk = kv.clone().narrow(2, chunk, 1).reshape([b, nh, dqk, dv]);
+        let k_chunk = k_sum.clone().narrow(2, chunk, 1).reshape([b, nh, dqk]);
+        c = c * decay.clone().reshape([b, nh, 1, 1])
+            + kv_chunk * gain.clone().reshape([b, nh, 1, 1]);
+        n = n * decay.reshape([b, nh, 1]) + k_chunk * gain.reshape([b, nh, 1]);
+        m = m_new;
+        cs.push(c.clone());
+        ns.push(n.clone());
+        ms.push(m.clone());
+    }
+    let c_all: Tensor<B, 5> = Tensor::stack(cs, 2); // [B, NH, NC + 1, DQK, DV]
+    let n_all: Tensor<B, 4> = Tensor::stack(ns, 2); // [B, NH, NC + 1, DQK]
+    let m_all: Tensor<B, 3> = Tensor::stack(ms, 2); // [B, NH, NC + 1]
+    let c_start = c_all.clone().narrow(2, 0, nc);
+    let n_start = n_all.clone().narrow(2, 0, nc);
+    let m_start = m_all.clone().narrow(2, 0, nc);
+
+    // The outputs of every chunk, as the forward computes them.
+    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &dev);
+    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
+    let log_d = (seg + log_i.clone().unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
+    let (row_max, row_arg) = log_d.clone().max_dim_with_indices(4); // [B, NH, NC, L, 1]
+    let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // m₀ + F_t
+    let from_start = log_start.clone().greater(row_max.clone());
+    let stab = row_max.max_pair(log_start.clone());
+    let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
+    let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
+    let p = q.clone().matmul(k.clone().swap_dims(3, 4)) * a.clone();
+    let qc = q.clone().matmul(c_start.clone()); // q_t C₀, [B, NH, NC, L, DV]
+    let qn0 = q.clone().matmul(n_start.clone().unsqueeze_dim::<5>(4)); // q_t·n₀
+    let num = p.clone().matmul(v.clone()) + qc.clone() * g.clone();
+    let qn = p.clone().sum_dim(4) + qn0.clone() * g.clone();
+    let floor = stab.neg().exp();
+    let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
+    let on_qn = qn.clone().abs().greater_equal(floor);
+
+    // Back through the outputs.
+    let dh = seq4(dh, dv);
+    let dnum = dh.clone() / den.clone();
+    let dot = (dh * num).sum_dim(4) / den.clone(); // dh_t·h_t
+    let dqn = (qn.sign() * dot.clone() / den.clone())
+        .neg()
+        .mask_fill(on_qn.bool_not(), 0.0);
+    let dstab = dot.neg() * EPS / den;
+    let dp = dnum.clone().matmul(v.clone().swap_dims(3, 4)) + dqn.clone();
+    let ds = dp.clone() * a;
+    let dlog_d =
+        dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
+    let dq = ds.clone().matmul(k.clone())
+        + (dnum.clone().matmul(c_start.swap_dims(3, 4))
+            + dqn.clone() * n_start.unsqueeze_dim::<5>(3))
+            * g.clone();
+    let dk = ds.swap_dims(3, 4).matmul(q.clone());
+    let dv_out = p.swap_dims(3, 4).matmul(dnum.clone());
+    let gq = q * g.clone();
+    let dc_intra = gq.clone().swap_dims(3, 4).matmul(dnum.clone()); // [B, NH, NC, DQK, DV]
+    let dn_intra = (gq * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
+    let dg = (qc * dnum).sum_dim(4) + dqn * qn0;
+    let dlog_start =
+        (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
+    let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
+
+    // Back through the chunk-boundary states, last chunk first.
+    let mut dc = dstate.c.cast(DType::F32);
+    let mut dn = dstate.n.cast(DType::F32);
+    let mut dm = dstate.m.cast(DType::F32);
+    let (mut dcs, mut dns, mut ddecs, mut dlocs) = (vec![], vec![], vec![], vec![]);
+    let state_at = |t: &Tensor<B, 5>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh, dqk, dv]);
+    let norm_at = |t: &Tensor<B, 4>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh, dqk]);
+    let scalar_at = |t: &Tensor<B, 3>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh]);
+    for chunk in (0..nc).rev() {
+        dcs.push(dc.clone());
+        dns.push(dn.clone());
+        let (c0, c1) = (state_at(&c_all, chunk), state_at(&c_all, chunk + 1));
+        let (n0, n1) = (norm_at(&n_all, chunk), norm_at(&n_all, chunk + 1));
+        let inner = |dc: &Tensor<B, 4>, dn: &Tensor<B, 3>, c: Tensor<B, 4>, n: Tensor<B, 3>| {
+            (dc.clone() * c).sum_dim(3).sum_dim(2).reshape([b, nh])
+                + (dn.clone() * n).sum_dim(2).reshape([b, nh])
+        };
+        let dm_new = dm - inner(&dc, &dn, c1, n1);
+        let decayed = scalar_at(&f_last, chunk) + scalar_at(&m_all, chunk);
+        let from_decay = decayed.clone().greater_equal(scalar_at(&m_loc, chunk));
+        let decay = (decayed - scalar_at(&m_all, chunk + 1)).exp();
+        let d_dec = dm_new.clone().mask_fill(from_decay.clone().bool_not(), 0.0)
+            + decay.clone() * inner(&dc, &dn, c0, n0);
+        dlocs.push(dm_new.mask_fill(from_decay, 0.0));
+        dc = dc * decay.clone().reshape([b, nh, 1, 1]) + state_at(&dc_intra, chunk);
+        dn = dn * decay.reshape([b, nh, 1]) + norm_at(&dn_intra, chunk);
+        dm = d_dec.clone() + scalar_at(&dm_intra, chunk);
+        ddecs.push(d_dec);
+    }
+    dcs.reverse();
+    dns.reverse();
+    ddecs.reverse();
+    dlocs.reverse();
+    let dc_end: Tensor<B, 5> = Tensor::stack(dcs, 2); // dC₁ of every chunk
+    let dn_end: Tensor<B, 4> = Tensor::stack(dns, 2);
+    let d_dec: Tensor<B, 3> = Tensor::stack(ddecs, 2); // d(F_L + m₀)
+    let d_loc: Tensor<B, 3> = Tensor::stack(dlocs, 2); // d max_s log w_s
+
+    // The chunks' own terms of their end states.
+    let w = (log_w - m_all.narrow(2, 1, nc).unsqueeze_dim::<4>(3))
+        .exp()
+        .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
+    let dk_state =
+        (v.matmul(dc_end.clone().swap_dims(3, 4)) + dn_end.unsqueeze_dim::<5>(3)) * w.clone();
+    let dv_state = (k.clone() * w).matmul(dc_end);
+    let dlog_w = (k * dk_state.clone()).sum_dim(4).reshape([b, nh, nc, len])
+        + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
+
+    // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
+    let rows = dlog_d.clone().sum_dim(4).reshape([b, nh, nc, len]);
+    let cols = dlog_d.sum_dim(3).reshape([b, nh, nc, len]);
+    let di = cols.clone() + dlog_w.clone();
+    let reverse_cumsum = |t: Tensor<B, 4>| t.flip([3]).cumsum(3).flip([3]);
+    let dlog_f = reverse_cumsum(rows - cols + dlog_start)
+        + (dlog_w.clone().cumsum(3) - dlog_w)
+        + d_dec.unsqueeze_dim::<4>(3);
+    let df = dlog_f * sigmoid(f_pre.neg());
+
+    let out4 = |t: Tensor<B, 5>, d: usize, like: &Tensor<B, 4>| {
+        t.reshape([b, nh, nc * len, d])
+            .narrow(2, 0, s)
+            .cast(like.dtype())
+    };
+    let out3 = |t: Tensor<B, 4>, like: &Tensor<B, 3>| {
+        t.reshape([b, nh, nc * len])
+            .narrow(2, 0, s)
+            .cast(like.dtype())
+    };
+    (
+        MlstmInputs {
+            q: out4(dq, dqk, &x.q),
+            k: out4((dk + dk_state) * scale, dqk, &x.k),
+            v: out4(dv_out + dv_state, dv, &x.v),
+            i_preact: out3(di, &x.i_preact),
+            f_preact: out3(df, &x.f_preact),
+        },
+        MlstmState {
+            c: dc.cast(state.c.dtype()),
+            n: dn.cast(state.n.dtype()),
+            m: dm.cast(state.m.dtype()),
+        },
+    )
+}
+
+/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,
+/// summed term by term as the reference does.
+fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
+    let [b, nh, nc, len] = log_f.dims();
+    let above_or_on_diagonal: Tensor<B, 2, Bool> =
+        Tensor::tril_mask([len, len], -1, &log_f.device());
+    log_f
+        .unsqueeze_dim::<5>(4)
+        .expand([b, nh, nc, len, len])
+        .mask_fill(
+            above_or_on_diagonal
+                .unsqueeze::<5>()
+                .expand([b, nh, nc, len, len]),
+            0.0,
+        )
+        .cumsum(3)
+}
+
+/// `1` at `index` along the last axis (of size `len`), f32: where a max sends its gradient.
+fn one_hot<B: Backend, const D: usize>(index: Tensor<B, D, Int>, len: usize) -> Tensor<B, D> {
+    let mut shape = index.dims();
+    shape[D - 1] = len;
+    let mut line = [1; D];
+    line[D - 1] = len;
+    let positions = Tensor::<B, 1, Int>::arange(0..len as i64, &index.device())
+        .reshape(line)
+        .expand(shape);
+    index
+        .expand(shape)
+        .equal(positions)
+        .float()
+        .cast(DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::TensorData;
+
+    type R = NdArray<f32>;
+    type A = Autodiff<R>;
+
+    fn rand<B: Backend, const D: usize>(
+        seed: &mut u64,
+        shape: [usize; D],
+        lo: f32,
+        hi: f32,
+    ) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                lo + (hi - lo) * ((*seed >> 11) as f32 / (1u64 << 53) as f32)
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    fn vals<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    fn rel(got: &[f32], want: &[f32]) -> f64 {
+        let num: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    /// Every gradient against autodiff of the reference, on NdArray<f32>.
+    #[test]
+    fn matches_autodiff_of_the_reference() {
+        for (case, &([b, nh, s, dqk, dv], chunk, with_state, f_lo)) in [
+            ([1, 1, 1, 8, 8], 4, true, -3.0f32),
+            ([2, 1, 7, 8, 12], 4, false, -3.0),
+            ([1, 2, 33, 16, 8], 16, true, -3.0),
+            ([1, 1, 65, 8, 16], 32, true, 2.0),
+            ([2, 1, 100, 12, 6], 64, false, -3.0),
+            ([1, 1, 40, 8, 8], 8, true, -40.0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut seed = 0x1234_5678_9abc_def1 ^ case as u64;
+            let q: Tensor<A, 4> = rand(&mut seed, [b, nh, s, dqk], -1.7, 1.7).require_grad();
+            let k: Tensor<A, 4> = rand(&mut seed, [b, nh, s, dqk], -1.7, 1.7).require_grad();
+            let v: Tensor<A, 4> = rand(&mut seed, [b, nh, s, dv], -1.7, 1.7).require_grad();
+            let i: Tensor<A, 3> = rand(&mut seed, [b, nh, s], -4.0, 4.0).require_grad();
+            let f: Tensor<A, 3> = rand(&mut seed, [b, nh, s], f_lo, 8.0).require_grad();
+            let state = MlstmState::<A> {
+                c: rand(&mut seed, [b, nh, dqk, dv], -0.5, 0.5).require_grad(),
+                n: rand(&mut seed, [b, nh, dqk], -0.5, 0.5).require_grad(),
+                m: rand(&mut seed, [b, nh], -2.0, 2.0).require_grad(),
+            };
+            let wh: Tensor<A, 4> = rand(&mut seed, [b, nh, s, dv], -1.0, 1.0);
+            let wc: Tensor<A, 4> = rand(&mut seed, [b, nh, dqk, dv], -1.0, 1.0);
+            let wn: Tensor<A, 3> = rand(&mut seed, [b, nh, dqk], -1.0, 1.0);
+            let wm: Tensor<A, 2> = rand(&mut seed, [b, nh], -1.0, 1.0);
+            let x = MlstmInputs {
+                q,
+                k,
+                v,
+                i_preact: i,
+                f_preact: f,
+            };
+            let st = with_state.then(|| state.clone());
+            let (h, end) = xlstm_cells::mlstm::chunkwise(&x, st, chunk).unwrap();
+            let loss = (h * wh.clone()).sum()
+                + (end.c * wc.clone()).sum()
+                + (end.n * wn.clone()).sum()
+                + (end.m * wm.clone()).sum();
+            let grads = loss.backward();
+
+            let inner = MlstmInputs {
+                q: x.q.clone().inner(),
+                k: x.k.clone().inner(),
+                v: x.v.clone().inner(),
+                i_preact: x.i_preact.clone().inner(),
+                f_preact: x.f_preact.clone().inner(),
+            };
+            let state0 = if with_state {
+                MlstmState {
+                    c: state.c.clone().inner(),
+                    n: state.n.clone().inner(),
+                    m: state.m.clone().inner(),
+                }
+            } else {
+                MlstmState::zeros(b, nh, dqk, dv, &Default::default())
+            };
+            let dstate = MlstmState {
+                c: wc.inner(),
+                n: wn.inner(),
+                m: wm.inner(),
+            };
+            let (dx, ds) = chunkwise_backward(&inner, state0, chunk, wh.inner(), dstate);
+            let mut pairs = vec![
+                ("q", vals(dx.q), vals(x.q.grad(&grads).unwrap())),
+                ("k", vals(dx.k), vals(x.k.grad(&grads).unwrap())),
+                ("v", vals(dx.v), vals(x.v.grad(&grads).unwrap())),
+                (
+                    "i",
+                    vals(dx.i_preact),
+                    vals(x.i_preact.grad(&grads).unwrap()),
+                ),
+                (
+                    "f",
+                    vals(dx.f_preact),
+                    vals(x.f_preact.grad(&grads).unwrap()),
+                ),
+            ];
+            if with_state {
+                pairs.push(("c0", vals(ds.c), vals(state.c.grad(&grads).unwrap())));
+                pairs.push(("n0", vals(ds.n), vals(state.n.grad(&grads).unwrap())));
+                pairs.push(("m0", vals(ds.m), vals(state.m.grad(&grads).unwrap())));
+            }
+            for (name, got, want) in pairs {
+                let err = rel(&got, &want);
+                eprintln!("case {case} grad {name}: {err:e}");
+                assert!(
+                    err < 1e-5,
+                    "case {case} grad {name}: rel L2 {err:e}\n got {:?}\nwant {:?}",
+                    &got[..got.len().min(8)],
+                    &want[..want.len().min(8)]
+                );
+            }
+        }
+    }
+}
