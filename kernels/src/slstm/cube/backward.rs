@@ -6,9 +6,11 @@
 //! backward of step `t` runs over all threads, each carrying `dc, dn, dm` of its items in
 //! registers, with the step's saved inputs prefetched one step ahead. The gate gradients of
 //! step `t + 1` sit in shared memory for the reduction. The kernel writes the
-//! pre-activation gradients `dgates [B, S, 4H]` (= the gradient of `W x`) and the gradient of
-//! the initial state; `dR` and `db` are reductions of `dgates` over batch and time, done after
-//! by a batched matmul and a sum (see `super::recurrent_grads`).
+//! pre-activation gradients `dgates [B, S, 4H]` (= the gradient of `W x`), the gradient of
+//! the initial state, and per batch row the sum over time of `dgates` (the bias gradient,
+//! accumulated in registers). `dR = Σ_{b,t} h_{t-1}ᵀ dgates_t` is done after, as one matmul
+//! batched over (head, row) of `h_{t-1}` (saved head-major by the forward) and `dgates`
+//! (written a second time head-major, `dgh`), then a sum over rows (`SlstmBackend::slstm_fused_backward` in `mod.rs`).
 //!
 //! The gradients are those of the reference's autodiff: `max(lhs, ĩ)` sends the gradient to
 //! `lhs = log σ(f̃) + m_{t-1}` on ties, `min(x, 1)` passes it where `x ≤ 1`, and the first-step
@@ -19,9 +21,12 @@ use cubecl::prelude::*;
 use super::forward::{log_sigmoid, sigmoid, tanh_clamped};
 
 /// The kernel. Shapes (`H = NH·DH`, all contiguous): `rt [NH, 4DH, DH]` (R transposed per
-/// head), `gates [B, S, 4H]` and `states [3, B, S, H]` (f32, saved by the forward),
+/// head), `gates [B, S, 4H]` and `states [4, B, S, H]` (f32, saved by the forward; planes 0–2
+/// read here),
 /// `state0 [4, B, H]`, `dout [B, S+3, H]` (gradient of the packed forward output);
-/// outputs `dgates [B, S, 4H]`, `dstate0 [4, B, H]`.
+/// outputs `dgates [B, S, 4H]`, the same head-major in f32 `dgh [NH, B, S, 4DH]` (the right
+/// operand of the `dR` matmul), `dstate0 [4, B, H]` and `dbias [B, 4H]` (f32, `Σ_t dgates_t`
+/// per batch row: the bias gradient before the sum over rows).
 ///
 /// Layout (comptime) as the forward's: `ut · split` threads; thread `tid` reduces for the units
 /// `j = tid % ut + u·ut` over the slice `tid / ut` of the `4·DH` columns, and owns the
@@ -35,7 +40,9 @@ pub fn slstm_backward_kernel<F: Float>(
     state0: &Tensor<F>,
     dout: &Tensor<F>,
     dgates: &mut Tensor<F>,
+    dgh: &mut Tensor<f32>,
     dstate0: &mut Tensor<F>,
+    dbias: &mut Tensor<f32>,
     #[comptime] dh: usize,
     #[comptime] bb: usize,
     #[comptime] ut: usize,
@@ -76,6 +83,7 @@ pub fn slstm_backward_kernel<F: Float>(
     let mut dc_reg = Array::<f32>::new(ipt);
     let mut dn_reg = Array::<f32>::new(ipt);
     let mut dm_reg = Array::<f32>::new(ipt);
+    let mut db_reg = Array::<f32>::new(comptime!(4 * ipt));
     let mut st = Array::<f32>::new(comptime!(3 * ipt));
     let mut in_cur = Array::<f32>::new(comptime!(8 * ipt));
     let mut in_nxt = Array::<f32>::new(comptime!(8 * ipt));
@@ -95,6 +103,10 @@ pub fn slstm_backward_kernel<F: Float>(
         dc_reg[i] = 0.0;
         dn_reg[i] = 0.0;
         dm_reg[i] = 0.0;
+        #[unroll]
+        for g in 0..4usize {
+            db_reg[4 * i + g] = 0.0;
+        }
         #[unroll]
         for x in 0..3usize {
             st[3 * i + x] = 0.0;
@@ -271,6 +283,15 @@ pub fn slstm_backward_kernel<F: Float>(
                     dgates[go + hid] = F::cast_from(dfr);
                     dgates[go + 2 * hid] = F::cast_from(dzr);
                     dgates[go + 3 * hid] = F::cast_from(dor);
+                    let ho = ((head * batch + b) * seq + t) * 4 * dh + j;
+                    dgh[ho] = dir;
+                    dgh[ho + dh] = dfr;
+                    dgh[ho + 2 * dh] = dzr;
+                    dgh[ho + 3 * dh] = dor;
+                    db_reg[4 * i] += dir;
+                    db_reg[4 * i + 1] += dfr;
+                    db_reg[4 * i + 2] += dzr;
+                    db_reg[4 * i + 3] += dor;
                     // The state after step t - 1 is the one before step t.
                     st[3 * i] = c_prev;
                     st[3 * i + 1] = n_prev;
@@ -281,6 +302,11 @@ pub fn slstm_backward_kernel<F: Float>(
                     dstate0[plane0 + o] = F::cast_from(dc_reg[i]);
                     dstate0[2 * plane0 + o] = F::cast_from(dn_reg[i]);
                     dstate0[3 * plane0 + o] = F::cast_from(dm_reg[i]);
+                    let bo = b * 4 * hid + head * dh + j;
+                    #[unroll]
+                    for g in 0..4usize {
+                        dbias[bo + g * hid] = db_reg[4 * i + g];
+                    }
                 }
             }
             #[unroll]

@@ -38,7 +38,9 @@ pub fn tanh_clamped(x: f32) -> f32 {
 /// The kernel. Shapes (`H = NH·DH`, all contiguous):
 /// `wx [B, S, 4H]`, `r [NH, DH, 4DH]`, `bias [4H]`, `state0 [4, B, H]` (h, c, n, m),
 /// `out [B, S+3, H]` (h_1..h_S, c_S, n_S, m_S); when `save`: `gates [B, S, 4H]` (the
-/// pre-activations) and `states [3, B, S, H]` (c_t, n_t, m_t), both f32.
+/// pre-activations) and `states [4, B, S, H]`, both f32: planes 0–2 hold `c_t, n_t, m_t`
+/// `[B, S, H]`, plane 3 holds `h_{t-1}` head-major `[NH, B, S, DH]` (the left operand of the
+/// backward's `dR` matmul, batched over heads and rows).
 ///
 /// Layout (comptime): `ut · split` threads; thread `tid` reduces for the units
 /// `j = tid % ut + u·ut` over the slice `tid / ut` of `q` (`slice` long, a multiple of
@@ -89,7 +91,8 @@ pub fn slstm_forward_kernel<F: Float>(
     // h_{t-1} of the bb rows; partial sums [split, bb, 4, DH] of the reduction.
     let mut h_buf = SharedMemory::<f32>::new(comptime!(bb * dhp));
     let mut part = SharedMemory::<f32>::new(comptime!(split * bb * 4 * dh));
-    // Per owned item: c, n, m, the bias, W x of this step and of the next.
+    // Per owned item: h, c, n, m, the bias, W x of this step and of the next.
+    let mut h_reg = Array::<f32>::new(ipt);
     let mut c_reg = Array::<f32>::new(ipt);
     let mut n_reg = Array::<f32>::new(ipt);
     let mut m_reg = Array::<f32>::new(ipt);
@@ -111,6 +114,7 @@ pub fn slstm_forward_kernel<F: Float>(
         let k = item / dh;
         let j = item % dh;
         let b = b0 + k;
+        h_reg[i] = 0.0;
         c_reg[i] = 0.0;
         n_reg[i] = 0.0;
         m_reg[i] = 0.0;
@@ -136,6 +140,7 @@ pub fn slstm_forward_kernel<F: Float>(
                 }
             }
             h_buf[k * dhp + j] = h;
+            h_reg[i] = h;
         }
     }
     // Publishes h_0 to every thread before the first step reads it.
@@ -254,7 +259,9 @@ pub fn slstm_forward_kernel<F: Float>(
                     states[so] = c;
                     states[plane + so] = n;
                     states[2 * plane + so] = m;
+                    states[3 * plane + ((head * batch + b) * seq + t) * dh + j] = h_reg[i];
                 }
+                h_reg[i] = h;
             }
             #[unroll]
             for g in 0..4usize {

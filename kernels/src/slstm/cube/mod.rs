@@ -26,8 +26,11 @@ const MIN_SLICE: usize = 8;
 /// larger cubes costing occupancy and barrier time).
 const MAX_SPLIT: usize = 4;
 
-/// Rows of `R` a thread loads before using them (loads in flight per thread and gate).
-const UNROLL: usize = 8;
+/// Loads of `R` a thread issues before using them, in both reductions: the forward loads 4 per
+/// row of `R` (one per gate), so 8 rows at once; the backward one per column, so 32 columns
+/// (H200, bf16: 8 columns at once made the backward reduction 4× longer a chain of
+/// dependent rounds than the forward's).
+const LOADS_IN_FLIGHT: usize = 32;
 
 /// Target bytes of recurrent weights all cubes read per step (they come from L2): above it,
 /// more batch rows share one cube. High, because more cubes won on the H200 even at
@@ -40,6 +43,10 @@ pub const BATCH_BLOCK_ENV: &str = "XLSTM_SLSTM_BATCH_BLOCK";
 /// Environment variable that caps the threads per unit of the reductions (a power of two;
 /// default [`MAX_SPLIT`]), for tuning.
 pub const SPLIT_ENV: &str = "XLSTM_SLSTM_SPLIT";
+
+/// Environment variable that caps the threads per unit of the backward reduction alone (a
+/// power of two; default the cap of [`SPLIT_ENV`]), for tuning.
+pub const BACKWARD_SPLIT_ENV: &str = "XLSTM_SLSTM_BACKWARD_SPLIT";
 
 /// How a launch is laid out: one cube per (batch block, head) of `unit_threads · split`
 /// threads (the split differs between forward and backward).
@@ -57,26 +64,38 @@ pub struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// Rows loaded at once by one thread of a reduction of length `len` split `split` ways.
-    fn unroll(len: usize, split: usize) -> usize {
-        len.div_ceil(split).min(UNROLL)
+    /// Rows loaded at once by one thread of a reduction of length `len` split `split` ways,
+    /// `per_row` loads per row.
+    fn unroll(len: usize, split: usize, per_row: usize) -> usize {
+        len.div_ceil(split).min(LOADS_IN_FLIGHT / per_row)
     }
 
-    /// Padded length of a reduction of length `len` split `split` ways (what the kernels
-    /// store per row in shared memory).
-    fn padded(len: usize, split: usize) -> usize {
-        let unroll = Self::unroll(len, split);
+    /// Rows loaded at once in the forward reduction (over `DH`, 4 gates per row).
+    fn forward_unroll(dh: usize, split: usize) -> usize {
+        Self::unroll(dh, split, 4)
+    }
+
+    /// Columns loaded at once in the backward reduction (over `4·DH`).
+    fn backward_unroll(dh: usize, split: usize) -> usize {
+        Self::unroll(4 * dh, split, 1)
+    }
+
+    /// Padded length of a reduction of length `len` split `split` ways, `unroll` rows at once
+    /// (what the kernels store per row in shared memory).
+    fn padded(len: usize, split: usize, unroll: usize) -> usize {
         len.div_ceil(split).div_ceil(unroll) * unroll * split
     }
 
     /// Shared memory bytes of the forward: `h` padded, and the partial sums.
     fn forward_shared(dh: usize, bb: usize, split: usize) -> usize {
-        4 * (bb * Self::padded(dh, split) + split * bb * 4 * dh)
+        let padded = Self::padded(dh, split, Self::forward_unroll(dh, split));
+        4 * (bb * padded + split * bb * 4 * dh)
     }
 
     /// Shared memory bytes of the backward: the gate gradients padded, and the partial sums.
     fn backward_shared(dh: usize, bb: usize, split: usize) -> usize {
-        4 * (bb * Self::padded(4 * dh, split) + split * bb * dh)
+        let padded = Self::padded(4 * dh, split, Self::backward_unroll(dh, split));
+        4 * (bb * padded + split * bb * dh)
     }
 }
 
@@ -121,6 +140,7 @@ pub fn plan<R: CubeRuntime>(
             .next_power_of_two()
     });
     let cap = env_usize(SPLIT_ENV).unwrap_or(MAX_SPLIT).max(1);
+    let backward_cap = env_usize(BACKWARD_SPLIT_ENV).unwrap_or(cap).max(1);
     let max_shared = hw.max_shared_memory_size;
     let mut batch_block = wanted.clamp(1, 8).min(batch.next_power_of_two());
     loop {
@@ -130,7 +150,7 @@ pub fn plan<R: CubeRuntime>(
         {
             forward_split /= 2;
         }
-        let mut backward_split = split_for(4 * dh, unit_threads, max_threads, cap);
+        let mut backward_split = split_for(4 * dh, unit_threads, max_threads, backward_cap);
         while backward_split > 1
             && LaunchPlan::backward_shared(dh, batch_block, backward_split) > max_shared
         {
@@ -196,7 +216,7 @@ pub fn fused_forward<R: CubeRuntime>(
     let (gates, states) = if save {
         (
             empty(vec![batch, seq, 4 * hid], DType::F32),
-            empty(vec![3, batch, seq, hid], DType::F32),
+            empty(vec![4, batch, seq, hid], DType::F32),
         )
     } else {
         (empty(vec![1], DType::F32), empty(vec![1], DType::F32))
@@ -220,7 +240,7 @@ pub fn fused_forward<R: CubeRuntime>(
             plan.batch_block,
             plan.unit_threads,
             plan.forward_split,
-            LaunchPlan::unroll(dh, plan.forward_split),
+            LaunchPlan::forward_unroll(dh, plan.forward_split),
             save,
             dtype.into(),
         )
@@ -228,14 +248,29 @@ pub fn fused_forward<R: CubeRuntime>(
     Some((out, save.then_some([gates, states])))
 }
 
-/// The fused backward on cube tensors: `dgates [B, S, 4H]` and `dstate0 [4, B, H]`.
+/// What the backward kernel writes: `dgates [B, S, 4H]` (in the I/O dtype), the same
+/// head-major `[NH, B, S, 4DH]` (f32), `dstate0 [4, B, H]` and the bias gradient per row
+/// `[B, 4H]` (f32).
+pub struct BackwardOutput<R: CubeRuntime> {
+    /// `[B, S, 4H]`, the gradient of `W x`.
+    pub dgates: CubeTensor<R>,
+    /// `[NH, B, S, 4DH]`, f32: `dgates` head-major, the right operand of the `dR` matmul.
+    pub dgates_heads: CubeTensor<R>,
+    /// `[4, B, H]`, the gradient of the initial state.
+    pub dstate0: CubeTensor<R>,
+    /// `[B, 4H]`, f32: `Σ_t dgates_t` per row.
+    pub dbias_rows: CubeTensor<R>,
+}
+
+/// The fused backward kernel on cube tensors (`rt [NH, 4DH, DH]`, the saved `gates` and
+/// `states`, `state0 [4, B, H]`, `dout [B, S + 3, H]`).
 pub fn fused_backward<R: CubeRuntime>(
     rt: CubeTensor<R>,
     gates: CubeTensor<R>,
     states: CubeTensor<R>,
     state0: CubeTensor<R>,
     dout: CubeTensor<R>,
-) -> (CubeTensor<R>, CubeTensor<R>) {
+) -> BackwardOutput<R> {
     let dtype = dout.dtype;
     let [batch, rows, hid] = dims3(&dout);
     let seq = rows - 3;
@@ -257,18 +292,15 @@ pub fn fused_backward<R: CubeRuntime>(
         into_contiguous(state0),
         into_contiguous(dout),
     );
-    let dgates = empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::from(vec![batch, seq, 4 * hid]),
-        dtype,
-    );
-    let dstate0 = empty_device_contiguous_dtype(
-        client.clone(),
-        device,
-        Shape::from(vec![4, batch, hid]),
-        dtype,
-    );
+    let empty = |shape: Vec<usize>, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::from(shape), dtype)
+    };
+    let out = BackwardOutput {
+        dgates: empty(vec![batch, seq, 4 * hid], dtype),
+        dgates_heads: empty(vec![nh, batch, seq, 4 * dh], DType::F32),
+        dstate0: empty(vec![4, batch, hid], dtype),
+        dbias_rows: empty(vec![batch, 4 * hid], DType::F32),
+    };
     let cube_count = CubeCount::Static(batch.div_ceil(plan.batch_block) as u32, nh as u32, 1);
     // SAFETY: as for the forward.
     unsafe {
@@ -281,17 +313,19 @@ pub fn fused_backward<R: CubeRuntime>(
             states.into_tensor_arg(),
             state0.into_tensor_arg(),
             dout.into_tensor_arg(),
-            dgates.clone().into_tensor_arg(),
-            dstate0.clone().into_tensor_arg(),
+            out.dgates.clone().into_tensor_arg(),
+            out.dgates_heads.clone().into_tensor_arg(),
+            out.dstate0.clone().into_tensor_arg(),
+            out.dbias_rows.clone().into_tensor_arg(),
             dh,
             plan.batch_block,
             plan.unit_threads,
             plan.backward_split,
-            LaunchPlan::unroll(4 * dh, plan.backward_split),
+            LaunchPlan::backward_unroll(dh, plan.backward_split),
             dtype.into(),
         )
     };
-    (dgates, dstate0)
+    out
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SlstmBackend
@@ -321,23 +355,41 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SlstmBacke
         saved: SlstmSaved<Self>,
         dout: FloatTensor<Self>,
     ) -> SlstmFusedGrads<Self> {
-        let float =
-            |t: FloatTensor<Self>| Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(t));
-        let [nh, _, _] = dims3(&saved.r);
-        let rt = float(saved.r).swap_dims(1, 2).into_primitive().tensor();
-        let (dgates, dstate0) =
-            fused_backward(rt, saved.gates, saved.states, saved.state0.clone(), dout);
-        let (dr, db) = super::recurrent_grads(
-            float(saved.out),
-            float(saved.state0),
-            float(dgates.clone()),
-            nh,
-        );
+        let dtype = dout.dtype;
+        let [nh, dh, _] = dims3(&saved.r);
+        let [batch, rows, _] = dims3(&dout);
+        let seq = rows - 3;
+        let rt = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(saved.r))
+            .swap_dims(1, 2)
+            .into_primitive()
+            .tensor();
+        let states =
+            Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(saved.states.clone()));
+        let g = fused_backward(rt, saved.gates, saved.states, saved.state0, dout);
+        // dR[h] = Σ_b h_prev[h, b]ᵀ dgates[h, b] (sum over t inside the matmul): one f32
+        // matmul batched over (head, row), `[NH, B, DH, S] × [NH, B, S, 4DH]`, then the sum
+        // over rows. Batching over rows keeps the contraction short (S, not B·S), so the
+        // matmul has enough output tiles to fill the device.
+        let h_prev = states
+            .narrow(0, 3, 1)
+            .reshape([nh, batch, seq, dh])
+            .swap_dims(2, 3);
+        let dgates_heads =
+            Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(g.dgates_heads));
+        let dr = h_prev
+            .matmul(dgates_heads)
+            .sum_dim(1)
+            .reshape([nh, dh, 4 * dh])
+            .cast(dtype);
+        let db = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(g.dbias_rows))
+            .sum_dim(0)
+            .reshape([4 * nh * dh])
+            .cast(dtype);
         SlstmFusedGrads {
-            wx: dgates,
+            wx: g.dgates,
             r: dr.into_primitive().tensor(),
             b: db.into_primitive().tensor(),
-            state0: dstate0,
+            state0: g.dstate0,
         }
     }
 }
