@@ -384,57 +384,103 @@ fn steps<B: MlstmBackend>(dev: &B::Device) {
     check_state("bf16 step", state, want_state, 1e-5);
 }
 
-/// Gradients of `B::mlstm_chunkwise` under autodiff against the reference's.
+/// The inputs of `p` as tracked leaves of `A`, and its initial state (tracked) if `with_state`.
+fn tracked<A: burn::tensor::backend::AutodiffBackend>(
+    p: &Problem,
+    with_state: bool,
+    dev: &A::Device,
+) -> (MlstmInputs<A>, Option<MlstmState<A>>) {
+    let x = p.inputs::<A>(dev);
+    let x = MlstmInputs {
+        q: x.q.require_grad(),
+        k: x.k.require_grad(),
+        v: x.v.require_grad(),
+        i_preact: x.i_preact.require_grad(),
+        f_preact: x.f_preact.require_grad(),
+    };
+    let state = with_state.then(|| {
+        let s = p.state::<A>(dev);
+        MlstmState {
+            c: s.c.require_grad(),
+            n: s.n.require_grad(),
+            m: s.m.require_grad(),
+        }
+    });
+    (x, state)
+}
+
+/// The loss `Σ h∘W + Σ C∘Wc + Σ n∘Wn + Σ m∘Wm` and the gradients of every tracked input
+/// (q, k, v, ĩ, f̃, then C₀, n₀, m₀ where there is a state).
+fn loss_grads<A: burn::tensor::backend::AutodiffBackend>(
+    x: &MlstmInputs<A>,
+    state: Option<MlstmState<A>>,
+    (h, end): (Tensor<A, 4>, MlstmState<A>),
+    w: &[Vec<f32>; 4],
+) -> Vec<Vec<f64>> {
+    let dev = h.device();
+    let [b, nh, s, dv] = h.dims();
+    let dqk = x.q.dims()[3];
+    let loss = (h * tensor::<A, 4>(&w[0], [b, nh, s, dv], &dev)).sum()
+        + (end.c * tensor::<A, 4>(&w[1], [b, nh, dqk, dv], &dev)).sum()
+        + (end.n * tensor::<A, 3>(&w[2], [b, nh, dqk], &dev)).sum()
+        + (end.m * tensor::<A, 2>(&w[3], [b, nh], &dev)).sum();
+    let g = loss.backward();
+    let mut out = vec![
+        values(x.q.grad(&g).unwrap()),
+        values(x.k.grad(&g).unwrap()),
+        values(x.v.grad(&g).unwrap()),
+        values(x.i_preact.grad(&g).unwrap()),
+        values(x.f_preact.grad(&g).unwrap()),
+    ];
+    if let Some(st) = state {
+        out.push(values(st.c.grad(&g).unwrap()));
+        out.push(values(st.n.grad(&g).unwrap()));
+        out.push(values(st.m.grad(&g).unwrap()));
+    }
+    out
+}
+
+/// Gradients of `B::mlstm_chunkwise` under autodiff (the backward node) against autodiff of the
+/// reference on NdArray, with and without a (tracked) initial state, the final state in the
+/// loss, on awkward shapes.
 fn gradients<B: MlstmBackend>(dev: &B::Device) {
     type A<B> = Autodiff<B>;
     type RA = Autodiff<Ref>;
-    for (n, (dims, chunk)) in [([2, 2, 37, 24, 40], 16), ([1, 3, 70, 32, 16], 64)]
-        .iter()
-        .enumerate()
-    {
-        let p = Problem::new(70 + n as u64, *dims, (-3.0, 8.0));
-        let [b, nh, s, _, dv] = *dims;
-        let w = Rng(5 + n as u64).uniform(b * nh * s * dv, -1.0, 1.0);
-        let grads_of = |x: &MlstmInputs<RA>| vec![x.q.clone(), x.k.clone(), x.v.clone()];
-        let rx = p.inputs::<RA>(&Default::default());
-        let rx = MlstmInputs {
-            q: rx.q.require_grad(),
-            k: rx.k.require_grad(),
-            v: rx.v.require_grad(),
-            i_preact: rx.i_preact.require_grad(),
-            f_preact: rx.f_preact.require_grad(),
-        };
-        let (h, st) =
-            mlstm::chunkwise(&rx, Some(p.state::<RA>(&Default::default())), *chunk).unwrap();
-        let loss =
-            (h * tensor::<RA, 4>(&w, [b, nh, s, dv], &Default::default())).sum() + st.c.sum();
-        let g = loss.backward();
-        let want: Vec<Vec<f64>> = grads_of(&rx)
-            .into_iter()
-            .map(|t| values(t.grad(&g).unwrap()))
-            .chain([rx.i_preact.grad(&g).unwrap(), rx.f_preact.grad(&g).unwrap()].map(values))
-            .collect();
-
-        let x = p.inputs::<A<B>>(dev);
-        let x = MlstmInputs {
-            q: x.q.require_grad(),
-            k: x.k.require_grad(),
-            v: x.v.require_grad(),
-            i_preact: x.i_preact.require_grad(),
-            f_preact: x.f_preact.require_grad(),
-        };
-        let (h, st) = A::<B>::mlstm_chunkwise(&x, Some(p.state::<A<B>>(dev)), *chunk).unwrap();
-        let loss = (h * tensor::<A<B>, 4>(&w, [b, nh, s, dv], dev)).sum() + st.c.sum();
-        let g = loss.backward();
-        let got = [
-            values(x.q.grad(&g).unwrap()),
-            values(x.k.grad(&g).unwrap()),
-            values(x.v.grad(&g).unwrap()),
-            values(x.i_preact.grad(&g).unwrap()),
-            values(x.f_preact.grad(&g).unwrap()),
+    // [B, NH, S, DQK, DV], chunk
+    let shapes = [
+        ([1, 1, 1, 8, 8], 64),
+        ([2, 1, 7, 16, 24], 16),
+        ([1, 2, 33, 24, 8], 16),
+        ([1, 1, 65, 8, 40], 32),
+        ([2, 2, 37, 24, 40], 16),
+        ([1, 3, 70, 32, 16], 64),
+        ([1, 1, 100, 16, 16], 64),
+        ([1, 1, 50, 16, 16], 20),
+    ];
+    for (n, &(dims, chunk)) in shapes.iter().enumerate() {
+        let f_range = if n % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
+        let p = Problem::new(70 + n as u64, dims, f_range);
+        let [b, nh, s, dqk, dv] = dims;
+        let mut r = Rng(5 + n as u64);
+        let w = [
+            r.uniform(b * nh * s * dv, -1.0, 1.0),
+            r.uniform(b * nh * dqk * dv, -1.0, 1.0),
+            r.uniform(b * nh * dqk, -1.0, 1.0),
+            r.uniform(b * nh, -1.0, 1.0),
         ];
-        for ((name, got), want) in ["q", "k", "v", "i", "f"].iter().zip(got).zip(want) {
-            check(&format!("grad {name} of {dims:?}"), got, want, 1e-4);
+        for with_state in [false, true] {
+            let (rx, rs) = tracked::<RA>(&p, with_state, &Default::default());
+            let out = mlstm::chunkwise(&rx, rs.clone(), chunk).unwrap();
+            let want = loss_grads(&rx, rs, out, &w);
+
+            let (x, st) = tracked::<A<B>>(&p, with_state, dev);
+            let out = A::<B>::mlstm_chunkwise(&x, st.clone(), chunk).unwrap();
+            let got = loss_grads(&x, st, out, &w);
+            let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];
+            for ((name, got), want) in names.iter().zip(got).zip(want) {
+                let what = format!("grad {name} of {dims:?} chunk {chunk} state {with_state}");
+                check(&what, got, want, 1e-4);
+            }
         }
     }
 }

@@ -154,6 +154,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    const CHUNKWISE_NODE: bool = true;
+
     fn mlstm_chunkwise(
         x: &MlstmInputs<Self>,
         state: Option<MlstmState<Self>>,

@@ -1,0 +1,241 @@
+//! `MlstmBackend` for `Autodiff<B>`: the inner backend's chunkwise forward as one autodiff node
+//! of eight parents (`q, k, v, ĩ, f̃` and the initial `C, n, m`), whose backward is
+//! `B::mlstm_chunkwise_backward`. The node's one output packs `h` and the final state per
+//! (batch entry, head): `[B, NH, S·DV + DQK·DV + DQK + 1]` in the state's float type.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::{
+    backend::{AutodiffBackend, Backend},
+    Tensor, TensorPrimitive,
+};
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState};
+use xlstm_cells::CellError;
+
+use super::MlstmBackend;
+
+/// The autodiff node of one chunkwise call.
+#[derive(Debug)]
+struct ChunkwiseBackward;
+
+/// What the backward reads: the inputs, the initial state and the chunk size (the chunk-boundary
+/// states are recomputed).
+#[derive(Debug, Clone)]
+struct ChunkwiseSaved<B: Backend> {
+    x: MlstmInputs<B>,
+    state: MlstmState<B>,
+    chunk_size: usize,
+}
+
+impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
+    type State = ChunkwiseSaved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 8>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dout = grads.consume::<B>(&ops.node);
+        let ChunkwiseSaved {
+            x,
+            state,
+            chunk_size,
+        } = ops.state;
+        let [_, _, seq, _, _] = x.dims().expect("checked by the forward");
+        let dout = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(dout));
+        let (dh, dstate) = unpack(dout, seq, x.v.dims()[3], state.dims()[2]);
+        let (dx, ds) = B::mlstm_chunkwise_backward(&x, state, chunk_size, dh, dstate);
+        let prim4 = |t: Tensor<B, 4>| t.into_primitive().tensor();
+        let prim3 = |t: Tensor<B, 3>| t.into_primitive().tensor();
+        let all = [
+            prim4(dx.q),
+            prim4(dx.k),
+            prim4(dx.v),
+            prim3(dx.i_preact),
+            prim3(dx.f_preact),
+            prim4(ds.c),
+            prim3(ds.n),
+            ds.m.into_primitive().tensor(),
+        ];
+        for (parent, grad) in ops.parents.iter().zip(all) {
+            if let Some(parent) = parent {
+                grads.register::<B>(parent.id, grad);
+            }
+        }
+    }
+}
+
+/// `h [B, NH, S, DV]` and the state from the packed `[B, NH, S·DV + DQK·DV + DQK + 1]`.
+fn unpack<B: Backend>(
+    out: Tensor<B, 3>,
+    seq: usize,
+    dv: usize,
+    dqk: usize,
+) -> (Tensor<B, 4>, MlstmState<B>) {
+    let [b, nh, _] = out.dims();
+    let part = |from: usize, len: usize| out.clone().narrow(2, from, len);
+    let state = MlstmState {
+        c: part(seq * dv, dqk * dv).reshape([b, nh, dqk, dv]),
+        n: part(seq * dv + dqk * dv, dqk),
+        m: part(seq * dv + dqk * dv + dqk, 1).reshape([b, nh]),
+    };
+    (part(0, seq * dv).reshape([b, nh, seq, dv]), state)
+}
+
+/// The chunkwise form of `B` as one node of `Autodiff<B>`.
+fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
+    x: &MlstmInputs<Autodiff<B, C>>,
+    state: Option<MlstmState<Autodiff<B, C>>>,
+    chunk_size: usize,
+) -> Result<(Tensor<Autodiff<B, C>, 4>, MlstmState<Autodiff<B, C>>), CellError> {
+    let [b, nh, s, dqk, dv] = x.dims()?;
+    if s == 0 || chunk_size == 0 {
+        // The reference names the offending field.
+        return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+    }
+    let state = match state {
+        Some(state) => {
+            state.check(b, nh, dqk, dv)?;
+            state
+        }
+        None => MlstmState::zeros(b, nh, dqk, dv, &x.q.device()),
+    };
+    let dtype = x.q.dtype();
+    let inner_x = MlstmInputs {
+        q: x.q.clone().inner(),
+        k: x.k.clone().inner(),
+        v: x.v.clone().inner(),
+        i_preact: x.i_preact.clone().inner(),
+        f_preact: x.f_preact.clone().inner(),
+    };
+    let inner_state0 = inner_state(state.clone());
+    let (h, end) = B::mlstm_chunkwise(&inner_x, Some(inner_state0.clone()), chunk_size)?;
+    let state_dtype = end.c.dtype();
+    let packed = Tensor::cat(
+        vec![
+            h.reshape([b, nh, s * dv]).cast(state_dtype),
+            end.c.reshape([b, nh, dqk * dv]),
+            end.n.cast(state_dtype),
+            end.m.reshape([b, nh, 1]).cast(state_dtype),
+        ],
+        2,
+    )
+    .into_primitive()
+    .tensor();
+    let nodes = [
+        x.q.clone().into_primitive().tensor().node,
+        x.k.clone().into_primitive().tensor().node,
+        x.v.clone().into_primitive().tensor().node,
+        x.i_preact.clone().into_primitive().tensor().node,
+        x.f_preact.clone().into_primitive().tensor().node,
+        state.c.into_primitive().tensor().node,
+        state.n.into_primitive().tensor().node,
+        state.m.into_primitive().tensor().node,
+    ];
+    let out = match ChunkwiseBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            ChunkwiseSaved {
+                x: inner_x,
+                state: inner_state0,
+                chunk_size,
+            },
+            packed,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(packed),
+    };
+    let out = Tensor::<Autodiff<B, C>, 3>::from_primitive(TensorPrimitive::Float(out));
+    let (h, end) = unpack(out, s, dv, dqk);
+    Ok((h.cast(dtype), end))
+}
+
+/// Under autodiff, inputs that carry no gradient (inference, generation) run the inner
+/// backend's primitive — the kernels on cube backends. Tracked inputs run it as one node with
+/// the backward of `B::mlstm_chunkwise_backward` where `B::CHUNKWISE_NODE` (the cube
+/// backends), else the tensor-op reference, whose backward autodiff derives.
+impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
+    fn mlstm_chunkwise(
+        x: &MlstmInputs<Self>,
+        state: Option<MlstmState<Self>>,
+        chunk_size: usize,
+    ) -> Result<(Tensor<Self, 4>, MlstmState<Self>), CellError> {
+        let tracked = [&x.q, &x.k, &x.v].iter().any(|t| in_graph(t))
+            || [&x.i_preact, &x.f_preact].iter().any(|t| in_graph(t))
+            || state.as_ref().is_some_and(state_tracked);
+        if tracked && B::CHUNKWISE_NODE {
+            return chunkwise_node(x, state, chunk_size);
+        }
+        if tracked {
+            return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+        }
+        let inner = MlstmInputs {
+            q: x.q.clone().inner(),
+            k: x.k.clone().inner(),
+            v: x.v.clone().inner(),
+            i_preact: x.i_preact.clone().inner(),
+            f_preact: x.f_preact.clone().inner(),
+        };
+        let (h, state) = B::mlstm_chunkwise(&inner, state.map(inner_state), chunk_size)?;
+        Ok((Tensor::from_inner(h), outer_state(state)))
+    }
+
+    fn mlstm_step(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        i_preact: Tensor<Self, 2>,
+        f_preact: Tensor<Self, 2>,
+        state: Option<MlstmState<Self>>,
+    ) -> Result<(Tensor<Self, 3>, MlstmState<Self>), CellError> {
+        let tracked = [&q, &k, &v].iter().any(|t| in_graph(t))
+            || [&i_preact, &f_preact].iter().any(|t| in_graph(t))
+            || state.as_ref().is_some_and(state_tracked);
+        if tracked {
+            return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state);
+        }
+        let (h, state) = B::mlstm_step(
+            q.inner(),
+            k.inner(),
+            v.inner(),
+            i_preact.inner(),
+            f_preact.inner(),
+            state.map(inner_state),
+        )?;
+        Ok((Tensor::from_inner(h), outer_state(state)))
+    }
+}
+
+/// Whether `t` takes part in the autodiff graph: a tracked leaf *or* computed from one.
+/// (`Tensor::is_require_grad` is true for leaves only, so it misses every activation.)
+fn in_graph<B: Backend, C: CheckpointStrategy, const D: usize>(
+    t: &Tensor<Autodiff<B, C>, D>,
+) -> bool {
+    !t.clone()
+        .into_primitive()
+        .tensor()
+        .node
+        .requirement
+        .is_none()
+}
+
+fn state_tracked<B: Backend, C: CheckpointStrategy>(s: &MlstmState<Autodiff<B, C>>) -> bool {
+    in_graph(&s.c) || in_graph(&s.n) || in_graph(&s.m)
+}
+
+fn inner_state<B: AutodiffBackend>(s: MlstmState<B>) -> MlstmState<B::InnerBackend> {
+    MlstmState {
+        c: s.c.inner(),
+        n: s.n.inner(),
+        m: s.m.inner(),
+    }
+}
+
+fn outer_state<B: AutodiffBackend>(s: MlstmState<B::InnerBackend>) -> MlstmState<B> {
+    MlstmState {
+        c: Tensor::from_inner(s.c),
+        n: Tensor::from_inner(s.n),
+        m: Tensor::from_inner(s.m),
+    }
+}
