@@ -3,6 +3,7 @@
 //! `xlstm train` with no arguments trains the embedded default (parity, `xLSTM[1:1]`) and
 //! prints accuracy per length bucket. Errors are one line on stderr and a non-zero exit.
 
+mod allocator;
 #[macro_use]
 mod backend;
 mod bench;
@@ -37,6 +38,7 @@ enum Command {
 }
 
 fn main() {
+    allocator::tune_for_tensors();
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
