@@ -8,24 +8,11 @@ use xlstm_cells::slstm::{SlstmState, SlstmWeights};
 use xlstm_golden::rel_l2;
 use xlstm_kernels::SlstmBackend;
 
+mod common;
+use common::Rng;
+
 type Cpu = NdArray<f32>;
 type Ad = Autodiff<Cpu>;
-
-/// Small deterministic generator (xorshift), uniform in `[lo, hi)`.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-}
 
 fn tensor<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Ad, D> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
@@ -43,7 +30,7 @@ type Results = Vec<(&'static str, Vec<f64>)>;
 fn run(seed: u64, shape: (usize, usize, usize, usize), with_state: bool, fused: bool) -> Results {
     let (batch, seq, nh, dh) = shape;
     let hid = nh * dh;
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let scale = 1.0 / (dh as f32).sqrt();
     let wx = tensor(
         &rng.uniform(batch * seq * 4 * hid, -2.0, 2.0),

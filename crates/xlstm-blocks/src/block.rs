@@ -90,7 +90,13 @@ impl<B: Backend> XlstmBlock<B> {
             XlstmLayer::Slstm(l) => BlockState::Slstm(l.initial_state(batch)),
         }
     }
+}
 
+fn state_mismatch() -> ModelError {
+    ModelError::input("state", "an mLSTM block got an sLSTM state or vice versa")
+}
+
+impl<B: XlstmBackend> XlstmBlock<B> {
     fn ffn<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match (&self.ffn_norm, &self.ffn) {
             (Some(norm), Some(ffn)) => {
@@ -103,13 +109,7 @@ impl<B: Backend> XlstmBlock<B> {
             _ => x,
         }
     }
-}
 
-fn state_mismatch() -> ModelError {
-    ModelError::input("state", "an mLSTM block got an sLSTM state or vice versa")
-}
-
-impl<B: XlstmBackend> XlstmBlock<B> {
     /// `x [B, S, E]` → `[B, S, E]` and the block state.
     pub fn forward(
         &self,

@@ -42,13 +42,6 @@ impl<B: Backend> XlstmLm<B> {
         self.xlstm_block_stack.initial_state(batch)
     }
 
-    fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match &self.lm_head {
-            Some(h) => h.forward(x),
-            None => x.matmul(self.token_embedding.weight.val().transpose().unsqueeze()),
-        }
-    }
-
     fn check_ids(&self, ids: &Tensor<B, 2, Int>) -> Result<(), ModelError> {
         let [b, s] = ids.dims();
         if b == 0 || s == 0 {
@@ -62,6 +55,16 @@ impl<B: Backend> XlstmLm<B> {
 }
 
 impl<B: XlstmBackend> XlstmLm<B> {
+    /// `x [.., E]` → logits `[.., V]`; tied: `x · embeddingᵀ`.
+    fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.lm_head {
+            Some(h) => h.forward(x),
+            None => {
+                B::headwise_matmul(x, self.token_embedding.weight.val().transpose().unsqueeze())
+            }
+        }
+    }
+
     /// Logits `[B, S, V]` of `ids [B, S]` from the empty state.
     pub fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
         Ok(self.forward(ids, None, None)?.0)

@@ -111,7 +111,9 @@ impl<B: Backend> MlstmLayer<B> {
             cell: MlstmState::empty(batch, self.num_heads, dh, dh, &self.learnable_skip.device()),
         }
     }
+}
 
+impl<B: XlstmBackend> MlstmLayer<B> {
     /// Everything up to the cell: returns `(x_conv_act, z, q, k, v, i, f)` with the branch
     /// tensors `[B, S, I]` and gates `[B, S, NH]`, plus the new conv state.
     #[allow(clippy::type_complexity)]
@@ -142,9 +144,7 @@ impl<B: Backend> MlstmLayer<B> {
         let h = h + conv_act * self.learnable_skip.val().unsqueeze();
         self.proj_down.forward(h * silu(z))
     }
-}
 
-impl<B: XlstmBackend> MlstmLayer<B> {
     /// `x [B, S, E]` → `y [B, S, E]` and the state after the last real token.
     /// `state = None` starts from [`Self::initial_state`]; chunkwise form over the sequence.
     pub fn forward(

@@ -7,9 +7,10 @@ use xlstm_cells::slstm::{SlstmState, SlstmWeights};
 use xlstm_kernels::XlstmBackend;
 
 use crate::checkpoint::{
-    join, load_param, visit_param, CheckpointError, OfficialParams, ParamTensor, TensorMap,
+    join, load_param, load_swapped, visit_param, visit_swapped, CheckpointError, OfficialParams,
+    ParamTensor, TensorMap,
 };
-use crate::components::init::{linspace, small_init};
+use crate::components::init::{linspace, small_init, swap_last_two};
 use crate::components::{CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, NormWeight};
 use crate::config::{RecurrentWeightInit, SlstmBiasInit};
 use crate::mlstm::{KEEP_F_PREACT, KEEP_I_PREACT};
@@ -51,7 +52,8 @@ pub struct SlstmLayer<B: Backend> {
     pub zgate: LinearHeadwise<B>,
     /// Official `ogate`.
     pub ogate: LinearHeadwise<B>,
-    /// Official `slstm_cell._recurrent_kernel_` `[NH, 4·DH, DH]`.
+    /// Official `slstm_cell._recurrent_kernel_` (`[NH, 4·DH, DH]`), stored swapped as the
+    /// cells take it, `R [NH, DH, 4·DH]` (`SlstmWeights::r`); checkpoints see the official layout.
     pub recurrent_kernel: Param<Tensor<B, 3>>,
     /// Official `slstm_cell._bias_` `[4·NH·DH]` (gate, head, unit).
     pub bias: Param<Tensor<B, 1>>,
@@ -69,10 +71,12 @@ impl<B: Backend> SlstmLayer<B> {
         let dh = e / nh;
         let proj = || LinearHeadwise::new(e, nh, false, &small_init(e), device);
         let recurrent_kernel = match s.recurrent_weight_init {
-            RecurrentWeightInit::Zeros => Tensor::zeros([nh, 4 * dh, dh], device),
+            RecurrentWeightInit::Zeros => Tensor::zeros([nh, dh, 4 * dh], device),
             RecurrentWeightInit::Standard => {
                 let b = 1.0 / (e as f64).sqrt();
-                Tensor::random([nh, 4 * dh, dh], Distribution::Uniform(-b, b), device)
+                let official =
+                    Tensor::random([nh, 4 * dh, dh], Distribution::Uniform(-b, b), device);
+                swap_last_two(official)
             }
         };
         Self {
@@ -183,7 +187,10 @@ impl<B: XlstmBackend> SlstmLayer<B> {
             vec![i, f, self.zgate.forward(x.clone()), self.ogate.forward(x)],
             2,
         );
-        let weights = SlstmWeights::from_official(self.recurrent_kernel.val(), self.bias.val());
+        let weights = SlstmWeights {
+            r: self.recurrent_kernel.val(),
+            b: self.bias.val(),
+        };
         let initial = state.cell;
         let (h, mut cell) = B::slstm_sequence(wx, &weights, Some(initial.clone()))?;
         if let Some(p) = padding {
@@ -225,7 +232,7 @@ impl<B: Backend> OfficialParams<B> for SlstmLayer<B> {
         self.forget_gate.visit_official(&j("igate"), out);
         self.zgate.visit_official(&j("zgate"), out);
         self.ogate.visit_official(&j("ogate"), out);
-        visit_param(
+        visit_swapped(
             &self.recurrent_kernel,
             prefix,
             "slstm_cell._recurrent_kernel_",
@@ -242,7 +249,7 @@ impl<B: Backend> OfficialParams<B> for SlstmLayer<B> {
         self.forget_gate = self.forget_gate.load_official(&j("igate"), src)?;
         self.zgate = self.zgate.load_official(&j("zgate"), src)?;
         self.ogate = self.ogate.load_official(&j("ogate"), src)?;
-        self.recurrent_kernel = load_param(
+        self.recurrent_kernel = load_swapped(
             self.recurrent_kernel,
             prefix,
             "slstm_cell._recurrent_kernel_",

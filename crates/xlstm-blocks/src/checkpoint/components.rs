@@ -4,8 +4,8 @@ use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 
 use super::{
-    load_opt, load_param, visit_opt, visit_param, CheckpointError, OfficialParams, ParamTensor,
-    TensorMap,
+    load_opt, load_param, load_swapped, visit_opt, visit_param, visit_swapped, CheckpointError,
+    OfficialParams, ParamTensor, TensorMap,
 };
 use crate::components::{
     CausalConv1d, GatedFeedForward, LayerNorm, Linear, LinearHeadwise, MultiHeadLayerNorm, RmsNorm,
@@ -32,9 +32,30 @@ macro_rules! weight_bias {
         }
     };
 }
-weight_bias!(Linear);
-weight_bias!(LinearHeadwise);
 weight_bias!(CausalConv1d);
+
+/// `weight` stored swapped (`[.., in, out]`, official `[.., out, in]`) and an optional `bias`.
+macro_rules! swapped_weight_bias {
+    ($ty:ident) => {
+        impl<B: Backend> OfficialParams<B> for $ty<B> {
+            fn visit_official(&self, prefix: &str, out: &mut Vec<(String, ParamTensor<B>)>) {
+                visit_swapped(&self.weight, prefix, "weight", out);
+                visit_opt(&self.bias, prefix, "bias", out);
+            }
+            fn load_official(
+                mut self,
+                prefix: &str,
+                src: &mut TensorMap,
+            ) -> Result<Self, CheckpointError> {
+                self.weight = load_swapped(self.weight, prefix, "weight", src)?;
+                self.bias = load_opt(self.bias, prefix, "bias", src)?;
+                Ok(self)
+            }
+        }
+    };
+}
+swapped_weight_bias!(Linear);
+swapped_weight_bias!(LinearHeadwise);
 
 /// Optional `weight` and `bias`.
 macro_rules! norm {

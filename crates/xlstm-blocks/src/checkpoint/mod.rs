@@ -1,6 +1,8 @@
 //! Parameters under their official PyTorch `state_dict` names.
 //!
-//! Every module stores its parameters in the official layout, so a checkpoint maps one to one:
+//! Every module stores its parameters in the official layout, except weights that are
+//! multiplied from the right (dense, headwise and sLSTM recurrent weights), which are stored
+//! with their last two dims swapped and swapped back here; a checkpoint maps one to one:
 //! [`OfficialParams::visit`] lists `(name, tensor)` pairs, [`OfficialParams::load`] replaces the
 //! parameters from a [`TensorMap`] (keeping each parameter's id, so optimiser state stays
 //! attached), checking every name and shape. [`safetensors`](self::safetensors) reads and writes
@@ -33,28 +35,39 @@ pub enum CheckpointError {
     File { path: String, message: String },
 }
 
-/// A parameter (of any rank the models use) in its official layout.
+/// A parameter (of any rank the models use): the stored tensor itself (so that autodiff finds
+/// its gradient), and how it maps to the official layout.
 #[derive(Debug, Clone)]
 pub enum ParamTensor<B: Backend> {
     R1(Tensor<B, 1>),
     R2(Tensor<B, 2>),
     R3(Tensor<B, 3>),
+    /// Stored `[in, out]`; the official tensor is its transpose `[out, in]`.
+    R2Swapped(Tensor<B, 2>),
+    /// Stored `[.., in, out]`; the official tensor swaps the last two dims, `[.., out, in]`.
+    R3Swapped(Tensor<B, 3>),
 }
 
 impl<B: Backend> ParamTensor<B> {
+    /// The official shape.
     pub fn shape(&self) -> Vec<usize> {
         match self {
             Self::R1(t) => t.dims().to_vec(),
             Self::R2(t) => t.dims().to_vec(),
             Self::R3(t) => t.dims().to_vec(),
+            Self::R2Swapped(t) => t.clone().swap_dims(0, 1).dims().to_vec(),
+            Self::R3Swapped(t) => t.clone().swap_dims(1, 2).dims().to_vec(),
         }
     }
 
+    /// The values in the official layout.
     pub fn into_data(self) -> TensorData {
         match self {
             Self::R1(t) => t.into_data(),
             Self::R2(t) => t.into_data(),
             Self::R3(t) => t.into_data(),
+            Self::R2Swapped(t) => t.swap_dims(0, 1).into_data(),
+            Self::R3Swapped(t) => t.swap_dims(1, 2).into_data(),
         }
     }
 }
@@ -210,6 +223,66 @@ macro_rules! param_rank {
 param_rank!(1, R1);
 param_rank!(2, R2);
 param_rank!(3, R3);
+
+/// A parameter stored with its last two dims swapped against the official layout (`[.., in,
+/// out]` where PyTorch has `[.., out, in]`; see `components::init::param_swapped`): checkpoints
+/// see the official layout.
+pub(crate) trait SwappedParamRank<B: Backend>: Sized {
+    fn view_official(&self) -> ParamTensor<B>;
+    fn load_from_official(self, name: &str, src: &mut TensorMap) -> Result<Self, CheckpointError>;
+}
+
+macro_rules! swapped_param_rank {
+    ($d:literal, $variant:ident) => {
+        impl<B: Backend> SwappedParamRank<B> for Param<Tensor<B, $d>> {
+            fn view_official(&self) -> ParamTensor<B> {
+                ParamTensor::$variant(self.val())
+            }
+            fn load_from_official(
+                self,
+                name: &str,
+                src: &mut TensorMap,
+            ) -> Result<Self, CheckpointError> {
+                let mut official = self.dims();
+                official.swap($d - 2, $d - 1);
+                let data = src.take(name, &official)?;
+                Ok(self.map(|old| {
+                    let grad = old.is_require_grad();
+                    let t =
+                        Tensor::<B, $d>::from_data(data.convert::<B::FloatElem>(), &old.device());
+                    let t = crate::components::init::swap_last_two(t);
+                    if grad {
+                        t.require_grad()
+                    } else {
+                        t
+                    }
+                }))
+            }
+        }
+    };
+}
+swapped_param_rank!(2, R2Swapped);
+swapped_param_rank!(3, R3Swapped);
+
+/// Visit helper for a parameter stored swapped ([`SwappedParamRank`]).
+pub(crate) fn visit_swapped<B: Backend, P: SwappedParamRank<B>>(
+    p: &P,
+    prefix: &str,
+    name: &str,
+    out: &mut Vec<(String, ParamTensor<B>)>,
+) {
+    out.push((join(prefix, name), p.view_official()));
+}
+
+/// Load helper for a parameter stored swapped ([`SwappedParamRank`]).
+pub(crate) fn load_swapped<B: Backend, P: SwappedParamRank<B>>(
+    p: P,
+    prefix: &str,
+    name: &str,
+    src: &mut TensorMap,
+) -> Result<P, CheckpointError> {
+    p.load_from_official(&join(prefix, name), src)
+}
 
 /// `prefix` joined with `name` by a dot (no dot when `prefix` is empty).
 pub(crate) fn join(prefix: &str, name: &str) -> String {

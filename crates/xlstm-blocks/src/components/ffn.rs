@@ -1,6 +1,7 @@
 use burn::module::{Initializer, Module};
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
+use xlstm_kernels::DenseBackend;
 
 use super::Linear;
 
@@ -61,7 +62,9 @@ impl<B: Backend> GatedFeedForward<B> {
             activation,
         }
     }
+}
 
+impl<B: DenseBackend> GatedFeedForward<B> {
     /// `x [B, S, E]` → `[B, S, E]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let up = self.proj_up.forward(x);
@@ -110,7 +113,9 @@ impl<B: Backend> SwiGlu<B> {
             ),
         }
     }
+}
 
+impl<B: DenseBackend> SwiGlu<B> {
     /// `x [B, S, E]` → `[B, S, E]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = match (&self.proj_up_gate, &self.proj_up, &self.proj_up_gate_z) {

@@ -1,14 +1,17 @@
-use super::init::param;
+use super::init::{param, param_swapped};
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
+use xlstm_kernels::DenseBackend;
 
 /// Block-diagonal projection, one dense block per head (official `LinearHeadwiseExpand`).
 ///
 /// The input `[..., NH·DIN]` is split into `NH` heads of `DIN` features; head `h` is mapped by
-/// its own `[DOUT, DIN]` matrix; the outputs are concatenated to `[..., NH·DOUT]`.
+/// its own `[DOUT, DIN]` matrix; the outputs are concatenated to `[..., NH·DOUT]`. The weights
+/// are stored transposed, `[NH, DIN, DOUT]` (official `[NH, DOUT, DIN]` in checkpoints), so
+/// that the matmul reads them in memory order.
 #[derive(Module, Debug)]
 pub struct LinearHeadwise<B: Backend> {
-    /// `[NH, DOUT, DIN]`.
+    /// Per head `Wᵀ`, `[NH, DIN, DOUT]`.
     pub weight: Param<Tensor<B, 3>>,
     /// `[NH·DOUT]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
@@ -26,21 +29,16 @@ impl<B: Backend> LinearHeadwise<B> {
     ) -> Self {
         let d = features / heads;
         Self {
-            weight: param(init, [heads, d, d], device),
+            weight: param_swapped(init, [heads, d, d], device),
             bias: bias.then(|| param(&Initializer::Zeros, [features], device)),
         }
     }
+}
 
+impl<B: DenseBackend> LinearHeadwise<B> {
     /// `x [B, S, NH·DIN]` → `[B, S, NH·DOUT]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
-        let [nh, dout, din] = self.weight.dims();
-        let y = x
-            .reshape([b * s, nh, din])
-            .swap_dims(0, 1) // [NH, B·S, DIN]
-            .matmul(self.weight.val().swap_dims(1, 2)) // [NH, B·S, DOUT]
-            .swap_dims(0, 1)
-            .reshape([b, s, nh * dout]);
+        let y = B::headwise_matmul(x, self.weight.val());
         match &self.bias {
             Some(bias) => y + bias.val().unsqueeze(),
             None => y,

@@ -47,3 +47,24 @@ pub fn param<B: burn::tensor::backend::Backend, const D: usize>(
 ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
     burn::module::Param::from_tensor(init.init::<B, D, _>(shape, device).into_value())
 }
+
+/// A parameter drawn from `init` in the official shape `[.., out, in]` and stored with its last
+/// two dims swapped, `[.., in, out]`, in memory order (same values as [`param`] on the official
+/// shape). `x · W` then reads `W` as it lies: burn-ndarray copies a transposed matmul operand on
+/// every call, which cost a third of each generated token.
+pub fn param_swapped<B: burn::tensor::backend::Backend, const D: usize>(
+    init: &Initializer,
+    official_shape: [usize; D],
+    device: &B::Device,
+) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+    let official = init.init::<B, D, _>(official_shape, device).into_value();
+    burn::module::Param::from_tensor(swap_last_two(official))
+}
+
+/// `t` with its last two dims swapped, laid out contiguously (a copy, not a view).
+pub fn swap_last_two<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> burn::tensor::Tensor<B, D> {
+    let device = t.device();
+    burn::tensor::Tensor::from_data(t.swap_dims(D - 2, D - 1).into_data(), &device)
+}

@@ -1,11 +1,14 @@
-use super::init::param;
+use super::init::{param, param_swapped};
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
+use xlstm_kernels::DenseBackend;
 
-/// A dense layer with the weight stored as in PyTorch, `[out, in]` (`y = x Wᵀ + b`).
+/// A dense layer `y = x Wᵀ + b` (PyTorch's `nn.Linear`, whose `W` is `[out, in]`), with the
+/// weight stored transposed, `[in, out]`, so that the forward is `x · weight` on operands in
+/// memory order. Checkpoints keep the official `[out, in]` (checkpoint/components.rs).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
-    /// `[out, in]`.
+    /// `Wᵀ`, `[in, out]`.
     pub weight: Param<Tensor<B, 2>>,
     /// `[out]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
@@ -21,23 +24,25 @@ impl<B: Backend> Linear<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            weight: param(init, [d_out, d_in], device),
+            weight: param_swapped(init, [d_out, d_in], device),
             bias: bias.then(|| param(&Initializer::Zeros, [d_out], device)),
-        }
-    }
-
-    /// `x [..., in]` → `[..., out]`.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = x.matmul(self.weight.val().transpose().unsqueeze());
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze(),
-            None => y,
         }
     }
 
     /// `(in, out)`.
     pub fn dims(&self) -> (usize, usize) {
-        let [o, i] = self.weight.dims();
+        let [i, o] = self.weight.dims();
         (i, o)
+    }
+}
+
+impl<B: DenseBackend> Linear<B> {
+    /// `x [..., in]` → `[..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let y = B::headwise_matmul(x, self.weight.val().unsqueeze());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
     }
 }

@@ -94,7 +94,9 @@ impl<B: Backend> LargeMlstmLayer<B> {
             None => x,
         }
     }
+}
 
+impl<B: XlstmBackend> LargeMlstmLayer<B> {
     /// `x [B, S, E]` → `q, k [B, S, QK]`, `v, o [B, S, V]`, `i, f [B, S, NH]` (capped).
     fn projections(&self, x: Tensor<B, 3>) -> [Tensor<B, 3>; 6] {
         let nh = self.num_heads;
@@ -129,9 +131,7 @@ impl<B: Backend> LargeMlstmLayer<B> {
         self.out_proj
             .forward(sigmoid(o) * self.multihead_norm.forward(h))
     }
-}
 
-impl<B: XlstmBackend> LargeMlstmLayer<B> {
     /// `x [B, S, E]` → `[B, S, E]` and the state after the last real token (chunkwise form).
     pub fn forward(
         &self,

@@ -136,18 +136,6 @@ impl<B: Backend> XlstmLarge<B> {
         }
     }
 
-    fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let x = match &self.backbone.out_norm {
-            Some(n) => n.forward(x),
-            None => x,
-        };
-        let logits = self.lm_head.forward(x);
-        match self.output_logit_soft_cap {
-            Some(c) => soft_cap(logits, c),
-            None => logits,
-        }
-    }
-
     fn split_state(
         &self,
         state: Option<LargeState<B>>,
@@ -165,6 +153,18 @@ impl<B: Backend> XlstmLarge<B> {
 }
 
 impl<B: XlstmBackend> XlstmLarge<B> {
+    fn head<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = match &self.backbone.out_norm {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let logits = self.lm_head.forward(x);
+        match self.output_logit_soft_cap {
+            Some(c) => soft_cap(logits, c),
+            None => logits,
+        }
+    }
+
     /// Soft-capped logits `[B, S, V]` of `ids [B, S]` from the zero state.
     pub fn logits(&self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
         Ok(self.forward(ids, None, None)?.0)

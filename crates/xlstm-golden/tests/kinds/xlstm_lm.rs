@@ -113,6 +113,12 @@ pub fn compare_grads(
             ParamTensor::R1(t) => t.grad(grads).map(Array::from_tensor::<Inner, 1>),
             ParamTensor::R2(t) => t.grad(grads).map(Array::from_tensor::<Inner, 2>),
             ParamTensor::R3(t) => t.grad(grads).map(Array::from_tensor::<Inner, 3>),
+            ParamTensor::R2Swapped(t) => t
+                .grad(grads)
+                .map(|g| Array::from_tensor::<Inner, 2>(g.swap_dims(0, 1))),
+            ParamTensor::R3Swapped(t) => t
+                .grad(grads)
+                .map(|g| Array::from_tensor::<Inner, 3>(g.swap_dims(1, 2))),
         };
         match got {
             Some(got) => report.compare(&case.name, &key, &got, case.get(&key), bound(&name)),
