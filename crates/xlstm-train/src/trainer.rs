@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{self, StateFile, TrainState};
 use crate::clip::{clip_global_norm, global_grad_norm};
-use crate::data::{Batch, Bucket, Dataset};
+use crate::data::{Batch, Bucket, Dataset, Example};
 use crate::error::TrainError;
 use crate::loss::{correct_per_row, masked_cross_entropy};
 use crate::model::LanguageModel;
@@ -280,24 +280,26 @@ where
         let micro: Vec<(Batch, f64)> = (0..accum)
             .map(|k| {
                 let first = self.state.examples_seen + (k * global) as u64;
-                let shard = data.train_batch(first + (rank * rows) as u64, rows);
-                // This shard's share of the micro-batch's scored tokens (1 when alone), so
-                // that the summed loss is the mean over the whole global micro-batch.
-                let weight = if world == 1 {
-                    1.0
-                } else {
-                    shard.scored() as f64 / data.train_batch(first, global).scored().max(1) as f64
-                };
+                if world == 1 {
+                    return (data.train_batch(first, global), 1.0 / accum as f64);
+                }
+                // This shard's share of the micro-batch's scored tokens, so that the summed
+                // loss is the mean over the whole global micro-batch.
+                let examples = data.train_examples(first, global);
+                let shard = Batch::collate(&examples[rank * rows..(rank + 1) * rows]);
+                let total: usize = examples.iter().map(Example::scored).sum();
+                let weight = shard.scored() as f64 / total.max(1) as f64;
                 (shard, weight / accum as f64)
             })
             .collect();
+        let micro: Vec<(&Batch, f64)> = micro.iter().map(|(b, w)| (b, *w)).collect();
         self.step_weighted(&micro, (accum * global) as u64)
     }
 
     /// One optimiser step on the given micro-batches (their mean loss), on this trainer alone.
     pub fn step_on(&mut self, batches: &[Batch]) -> Result<StepReport, TrainError> {
         let n = batches.len() as f64;
-        let micro: Vec<(Batch, f64)> = batches.iter().map(|b| (b.clone(), 1.0 / n)).collect();
+        let micro: Vec<(&Batch, f64)> = batches.iter().map(|b| (b, 1.0 / n)).collect();
         let examples = batches.iter().map(|b| b.batch as u64).sum();
         self.step_weighted(&micro, examples)
     }
@@ -306,7 +308,7 @@ where
     /// `examples` rows of data are consumed in all.
     fn step_weighted(
         &mut self,
-        micro: &[(Batch, f64)],
+        micro: &[(&Batch, f64)],
         examples: u64,
     ) -> Result<StepReport, TrainError> {
         let model = self.model.take().expect("model present between steps");
@@ -380,7 +382,7 @@ where
     fn accumulate(
         &mut self,
         model: &M,
-        micro: &[(Batch, f64)],
+        micro: &[(&Batch, f64)],
     ) -> Result<(f64, usize, GradientsParams), TrainError> {
         let mut loss_sum = 0.0;
         let mut tokens = 0;

@@ -27,6 +27,13 @@ pub struct Example {
     pub length: usize,
 }
 
+impl Example {
+    /// Scored positions (targets `≥ 0`).
+    pub fn scored(&self) -> usize {
+        self.target.iter().filter(|&&t| t >= 0).count()
+    }
+}
+
 /// A batch of examples, padded on the right (inputs with 0, targets with -1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
@@ -207,10 +214,14 @@ impl Dataset {
 
     /// Training examples `first .. first + batch`.
     pub fn train_batch(&self, first: u64, batch: usize) -> Batch {
-        let examples: Vec<Example> = (first..first + batch as u64)
+        Batch::collate(&self.train_examples(first, batch))
+    }
+
+    /// Training examples `first .. first + n`.
+    pub fn train_examples(&self, first: u64, n: usize) -> Vec<Example> {
+        (first..first + n as u64)
             .map(|i| self.train_example(i))
-            .collect();
-        Batch::collate(&examples)
+            .collect()
     }
 
     /// The evaluation buckets: formal tasks split the training range and the extrapolation
