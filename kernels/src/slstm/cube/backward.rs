@@ -10,7 +10,8 @@
 //! the initial state, and per batch row the sum over time of `dgates` (the bias gradient,
 //! accumulated in registers). `dR = Σ_{b,t} h_{t-1}ᵀ dgates_t` is done after, as one matmul
 //! batched over (head, row) of `h_{t-1}` (saved head-major by the forward) and `dgates`
-//! (written a second time head-major, `dgh`), then a sum over rows (`SlstmBackend::slstm_fused_backward` in `mod.rs`).
+//! (written a second time head-major, `dgh`), then a sum over rows
+//! (`SlstmBackend::slstm_fused_backward` in `mod.rs`).
 //!
 //! The gradients are those of the reference's autodiff: `max(lhs, ĩ)` sends the gradient to
 //! `lhs = log σ(f̃) + m_{t-1}` on ties, `min(x, 1)` passes it where `x ≤ 1`, and the first-step
@@ -29,7 +30,8 @@ use super::forward::{log_sigmoid, sigmoid, tanh_clamped};
 /// per batch row: the bias gradient before the sum over rows).
 ///
 /// Layout (comptime) as the forward's: `ut · split` threads; thread `tid` reduces for the units
-/// `j = tid % ut + u·ut` over the slice `tid / ut` of the `4·DH` columns, and owns the
+/// `j = tid % ut + u·ut` over the slice `tid / ut` of the `4·DH` columns (its first
+/// `cached · unroll` columns of Rᵀ from shared memory), and owns the
 /// pointwise items `(k, j) = tid + i·ut·split`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -48,6 +50,7 @@ pub fn slstm_backward_kernel<F: Float>(
     #[comptime] ut: usize,
     #[comptime] split: usize,
     #[comptime] unroll: usize,
+    #[comptime] cached: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let g4 = comptime!(4 * dh);
@@ -77,6 +80,12 @@ pub fn slstm_backward_kernel<F: Float>(
     // dgates_{t+1} of the bb rows (zero before the last step); partial sums [split, bb, DH].
     let mut dg_buf = SharedMemory::<f32>::new(comptime!(bb * kp));
     let mut part = SharedMemory::<f32>::new(comptime!(split * bb * dh));
+    // The first `cached` blocks of `unroll` columns of every slice of Rᵀ, `[split,
+    // cached·unroll, DH]` in the I/O dtype, loaded once: read from shared memory every step
+    // instead of L2.
+    let cw = comptime!(cached * unroll);
+    let cache_len = comptime!(split * cw * dh);
+    let mut r_cache = SharedMemory::<F>::new(comptime!(cache_len.max(1)));
     // Per owned item: the carried dc, dn, dm; c, n, m after step t; and this step's inputs
     // (pre-activations, the state before the step, dh from the output), prefetched one step
     // ahead into `*_nxt`.
@@ -145,6 +154,17 @@ pub fn slstm_backward_kernel<F: Float>(
             );
         }
     }
+    if comptime!(cached > 0) {
+        for p in 0..comptime!(cache_len.div_ceil(nt)) {
+            let x = tid + p * nt;
+            if x < cache_len {
+                let row = x / dh;
+                let col = (row / cw) * slice + row % cw;
+                r_cache[x] = rt[rt_base + clamp_max(col, last_col) * dh + x % dh];
+            }
+        }
+    }
+    // Publishes the zeroed gate gradients and the cached columns of Rᵀ.
     sync_cube();
 
     // Step `step` computes dh_t (t = S - 1 - step) from dgates_{t+1}, then step t's gradients;
@@ -185,7 +205,22 @@ pub fn slstm_backward_kernel<F: Float>(
                 for k in 0..bb {
                     acc[k] = 0.0;
                 }
-                for blk in 0..blocks {
+                for blk in 0..cached {
+                    let cb = c0 + blk * unroll;
+                    let base = (sl * cw + blk * unroll) * dh + j;
+                    #[unroll]
+                    for x in 0..unroll {
+                        wv[x] = f32::cast_from(r_cache[base + x * dh]);
+                    }
+                    #[unroll]
+                    for x in 0..unroll {
+                        #[unroll]
+                        for k in 0..bb {
+                            acc[k] += dg_buf[k * kp + cb + x] * wv[x];
+                        }
+                    }
+                }
+                for blk in cached..blocks {
                     let cb = c0 + blk * unroll;
                     #[unroll]
                     for x in 0..unroll {

@@ -44,7 +44,7 @@ pub fn tanh_clamped(x: f32) -> f32 {
 ///
 /// Layout (comptime): `ut · split` threads; thread `tid` reduces for the units
 /// `j = tid % ut + u·ut` over the slice `tid / ut` of `q` (`slice` long, a multiple of
-/// `unroll`), and owns the pointwise items `(k, j) = tid + i·ut·split` (row-major over
+/// `unroll`; its first `cached · unroll` rows of R come from shared memory), and owns the pointwise items `(k, j) = tid + i·ut·split` (row-major over
 /// `[bb, DH]`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -61,6 +61,7 @@ pub fn slstm_forward_kernel<F: Float>(
     #[comptime] ut: usize,
     #[comptime] split: usize,
     #[comptime] unroll: usize,
+    #[comptime] cached: usize,
     #[comptime] save: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -91,6 +92,11 @@ pub fn slstm_forward_kernel<F: Float>(
     // h_{t-1} of the bb rows; partial sums [split, bb, 4, DH] of the reduction.
     let mut h_buf = SharedMemory::<f32>::new(comptime!(bb * dhp));
     let mut part = SharedMemory::<f32>::new(comptime!(split * bb * 4 * dh));
+    // The first `cached` blocks of `unroll` rows of R of every slice, `[split, cached·unroll,
+    // 4·DH]` in the I/O dtype, loaded once: read from shared memory every step instead of L2.
+    let cw = comptime!(cached * unroll);
+    let cache_len = comptime!(split * cw * 4 * dh);
+    let mut r_cache = SharedMemory::<F>::new(comptime!(cache_len.max(1)));
     // Per owned item: h, c, n, m, the bias, W x of this step and of the next.
     let mut h_reg = Array::<f32>::new(ipt);
     let mut c_reg = Array::<f32>::new(ipt);
@@ -143,7 +149,17 @@ pub fn slstm_forward_kernel<F: Float>(
             h_reg[i] = h;
         }
     }
-    // Publishes h_0 to every thread before the first step reads it.
+    if comptime!(cached > 0) {
+        for p in 0..comptime!(cache_len.div_ceil(nt)) {
+            let x = tid + p * nt;
+            if x < cache_len {
+                let row = x / comptime!(4 * dh);
+                let q = (row / cw) * slice + row % cw;
+                r_cache[x] = r[r_base + clamp_max(q, last_q) * 4 * dh + x % comptime!(4 * dh)];
+            }
+        }
+    }
+    // Publishes h_0 (and the cached rows of R) to every thread before the first step reads it.
     sync_cube();
 
     for t in 0..seq {
@@ -172,7 +188,29 @@ pub fn slstm_forward_kernel<F: Float>(
                 for x in 0..comptime!(4 * bb) {
                     acc[x] = 0.0;
                 }
-                for blk in 0..blocks {
+                for blk in 0..cached {
+                    let qb = q0 + blk * unroll;
+                    let base = (sl * cw + blk * unroll) * 4 * dh + j;
+                    #[unroll]
+                    for x in 0..unroll {
+                        #[unroll]
+                        for g in 0..4usize {
+                            rv[4 * x + g] = f32::cast_from(r_cache[base + x * 4 * dh + g * dh]);
+                        }
+                    }
+                    #[unroll]
+                    for x in 0..unroll {
+                        #[unroll]
+                        for k in 0..bb {
+                            let hq = h_buf[k * dhp + qb + x];
+                            #[unroll]
+                            for g in 0..4usize {
+                                acc[4 * k + g] += hq * rv[4 * x + g];
+                            }
+                        }
+                    }
+                }
+                for blk in cached..blocks {
                     let qb = q0 + blk * unroll;
                     #[unroll]
                     for x in 0..unroll {

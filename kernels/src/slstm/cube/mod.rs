@@ -37,6 +37,13 @@ const LOADS_IN_FLIGHT: usize = 32;
 /// B64 NH4 DH192 (75 MB of `R` per step, one row per cube 17 % faster than two).
 const R_TRAFFIC_PER_STEP: usize = 128 << 20;
 
+/// Shared memory a cube leaves unused beyond what it asks for (CUDA reserves 1 KiB per block).
+const SHARED_SLACK: usize = 1 << 10;
+
+/// Environment variable that caps the shared memory (KiB) a cube uses to hold part of `R`
+/// (0: none; default: as much as fits with every cube resident at once), for tuning.
+pub const R_CACHE_ENV: &str = "XLSTM_SLSTM_R_CACHE_KB";
+
 /// Environment variable that fixes the batch rows per cube (1, 2, 4 or 8), for tuning.
 pub const BATCH_BLOCK_ENV: &str = "XLSTM_SLSTM_BATCH_BLOCK";
 
@@ -61,6 +68,10 @@ pub struct LaunchPlan {
     pub forward_split: usize,
     /// Threads per unit in the backward reduction (over `4·DH`).
     pub backward_split: usize,
+    /// Blocks of rows of `R` per slice of the forward reduction held in shared memory.
+    pub forward_cached: usize,
+    /// Blocks of columns of `Rᵀ` per slice of the backward reduction held in shared memory.
+    pub backward_cached: usize,
 }
 
 impl LaunchPlan {
@@ -78,6 +89,18 @@ impl LaunchPlan {
     /// Columns loaded at once in the backward reduction (over `4·DH`).
     fn backward_unroll(dh: usize, split: usize) -> usize {
         Self::unroll(4 * dh, split, 1)
+    }
+
+    /// Blocks of `unroll` rows per slice of the forward reduction.
+    fn forward_blocks(dh: usize, split: usize) -> usize {
+        dh.div_ceil(split).div_ceil(Self::forward_unroll(dh, split))
+    }
+
+    /// Blocks of `unroll` columns per slice of the backward reduction.
+    fn backward_blocks(dh: usize, split: usize) -> usize {
+        (4 * dh)
+            .div_ceil(split)
+            .div_ceil(Self::backward_unroll(dh, split))
     }
 
     /// Padded length of a reduction of length `len` split `split` ways, `unroll` rows at once
@@ -142,6 +165,7 @@ pub fn plan<R: CubeRuntime>(
     let cap = env_usize(SPLIT_ENV).unwrap_or(MAX_SPLIT).max(1);
     let backward_cap = env_usize(BACKWARD_SPLIT_ENV).unwrap_or(cap).max(1);
     let max_shared = hw.max_shared_memory_size;
+    let cache_cap = env_usize(R_CACHE_ENV).map_or(usize::MAX, |kb| kb << 10);
     let mut batch_block = wanted.clamp(1, 8).min(batch.next_power_of_two());
     loop {
         let mut forward_split = split_for(dh, unit_threads, max_threads, cap);
@@ -156,14 +180,32 @@ pub fn plan<R: CubeRuntime>(
         {
             backward_split /= 2;
         }
-        if LaunchPlan::forward_shared(dh, batch_block, forward_split) <= max_shared
-            && LaunchPlan::backward_shared(dh, batch_block, backward_split) <= max_shared
-        {
+        let forward_shared = LaunchPlan::forward_shared(dh, batch_block, forward_split);
+        let backward_shared = LaunchPlan::backward_shared(dh, batch_block, backward_split);
+        if forward_shared <= max_shared && backward_shared <= max_shared {
+            // Part of R in shared memory, as much as fits while every cube stays resident (the
+            // device's shared memory split between the cubes one SM must hold at once).
+            let cubes = batch.div_ceil(batch_block) * nh;
+            let per_sm =
+                cubes.div_ceil(hw.num_streaming_multiprocessors.unwrap_or(1).max(1) as usize);
+            let budget = |own: usize| {
+                (max_shared / per_sm)
+                    .saturating_sub(own + SHARED_SLACK)
+                    .min(cache_cap)
+            };
+            let forward_block =
+                forward_split * LaunchPlan::forward_unroll(dh, forward_split) * 4 * dh * elem_bytes;
+            let backward_block =
+                backward_split * LaunchPlan::backward_unroll(dh, backward_split) * dh * elem_bytes;
             return Some(LaunchPlan {
                 unit_threads,
                 batch_block,
                 forward_split,
                 backward_split,
+                forward_cached: (budget(forward_shared) / forward_block)
+                    .min(LaunchPlan::forward_blocks(dh, forward_split)),
+                backward_cached: (budget(backward_shared) / backward_block)
+                    .min(LaunchPlan::backward_blocks(dh, backward_split)),
             });
         }
         if batch_block == 1 {
@@ -241,6 +283,7 @@ pub fn fused_forward<R: CubeRuntime>(
             plan.unit_threads,
             plan.forward_split,
             LaunchPlan::forward_unroll(dh, plan.forward_split),
+            plan.forward_cached,
             save,
             dtype.into(),
         )
@@ -284,6 +327,8 @@ pub fn fused_backward<R: CubeRuntime>(
         batch_block: 1,
         forward_split: 1,
         backward_split: 1,
+        forward_cached: 0,
+        backward_cached: 0,
     });
     let (rt, gates, states, state0, dout) = (
         into_contiguous(rt),
@@ -322,6 +367,7 @@ pub fn fused_backward<R: CubeRuntime>(
             plan.unit_threads,
             plan.backward_split,
             LaunchPlan::backward_unroll(dh, plan.backward_split),
+            plan.backward_cached,
             dtype.into(),
         )
     };
