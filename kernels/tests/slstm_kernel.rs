@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use xlstm_cells::slstm::{SlstmState, SlstmWeights};
 use xlstm_golden::{rel_l2, Array};
-use xlstm_kernels::slstm::cube::BATCH_BLOCK_ENV;
+use xlstm_kernels::slstm::cube::{BATCH_BLOCK_ENV, R_CACHE_ENV};
 use xlstm_kernels::SlstmBackend;
 
 type Reference = Autodiff<NdArray<f32>>;
@@ -255,6 +255,7 @@ fn random_shapes<B: AutodiffBackend + SlstmBackend>(
 ) {
     for (i, &(batch, seq, nh, dh, state, bb)) in shapes().iter().enumerate() {
         set_batch_block(bb);
+        set_r_cache(i);
         let p = Problem::new(i as u64 + 1, batch, seq, nh, dh, state);
         check::<B>(
             &format!("{backend} f32 #{i}"),
@@ -266,12 +267,14 @@ fn random_shapes<B: AutodiffBackend + SlstmBackend>(
         );
     }
     set_batch_block(0);
+    std::env::remove_var(R_CACHE_ENV);
 }
 
 #[cfg(feature = "cuda")]
 fn random_shapes_bf16<B: AutodiffBackend + SlstmBackend>(backend: &str, device: &B::Device) {
     for (i, &(batch, seq, nh, dh, state, bb)) in shapes().iter().enumerate() {
         set_batch_block(bb);
+        set_r_cache(i);
         let mut p = Problem::new(100 + i as u64, batch, seq.min(300), nh, dh, state);
         round_bf16(&mut p);
         check::<B>(
@@ -284,6 +287,7 @@ fn random_shapes_bf16<B: AutodiffBackend + SlstmBackend>(backend: &str, device: 
         );
     }
     set_batch_block(0);
+    std::env::remove_var(R_CACHE_ENV);
 }
 
 /// Fixes the kernel's batch rows per cube (0: its own choice). Tests set it from one thread
@@ -292,6 +296,17 @@ fn set_batch_block(bb: usize) {
     match bb {
         0 => std::env::remove_var(BATCH_BLOCK_ENV),
         bb => std::env::set_var(BATCH_BLOCK_ENV, bb.to_string()),
+    }
+}
+
+/// Cycles the shared memory the kernels may hold `R` in over the shapes: the kernels' own
+/// choice (all of `R` for small heads), none, and 20 KiB (part of `R`: one of the two blocks
+/// per slice at DH 33 in f32), so that all three paths of the reductions run.
+fn set_r_cache(shape: usize) {
+    match shape % 3 {
+        0 => std::env::remove_var(R_CACHE_ENV),
+        1 => std::env::set_var(R_CACHE_ENV, "20"),
+        _ => std::env::set_var(R_CACHE_ENV, "0"),
     }
 }
 
