@@ -42,7 +42,9 @@ pub struct SlstmSaved<B: Backend> {
     pub out: FloatTensor<B>,
     /// Gate pre-activations `W x + R h + b`, `[B, S, 4·H]`, f32.
     pub gates: FloatTensor<B>,
-    /// `c_t, n_t, m_t` after every step, `[3, B, S, H]`, f32.
+    /// `c_t, n_t, m_t` after every step, f32: `[3, B, S, H]` on the CPU; the cube kernels
+    /// add a fourth plane, `h_{t-1}` head-major (`[NH, B, S, DH]`), for the `dR` matmul, so
+    /// theirs is `[4, B, S, H]`.
     pub states: FloatTensor<B>,
 }
 
