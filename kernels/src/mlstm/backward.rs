@@ -34,13 +34,15 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
+use super::MlstmBackend;
+
 /// Bound on the f32 chunk-boundary states kept at once (bytes); larger batches run in groups.
 const STATES_BYTES: usize = 1 << 30;
 
 /// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given the output
 /// gradients `dh [B, NH, S, DV]` and `dstate` (of the final state). Returns the gradients of the
 /// inputs and of the initial state, each in the float type of its own tensor.
-pub(crate) fn chunkwise_backward<B: Backend>(
+pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     chunk_size: usize,
@@ -89,7 +91,7 @@ pub(crate) fn chunkwise_backward<B: Backend>(
 }
 
 /// [`chunkwise_backward`] for one group of batch entries, chunk size `len ≤ S`.
-fn group_backward<B: Backend>(
+fn group_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     len: usize,
@@ -139,31 +141,48 @@ fn group_backward<B: Backend>(
     let kv = k_w.clone().swap_dims(3, 4).matmul(v.clone()); // [B, NH, NC, DQK, DV]
     let k_sum = k_w.sum_dim(3).reshape([b, nh, nc, dqk]);
     let m_loc = m_loc.reshape([b, nh, nc]);
-    let mut c = state.c.clone().cast(DType::F32);
-    let mut n = state.n.clone().cast(DType::F32);
+    // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
     let mut m = state.m.clone().cast(DType::F32);
-    let (mut cs, mut ns, mut ms) = (vec![c.clone()], vec![n.clone()], vec![m.clone()]);
+    let (mut ms, mut decays, mut gains) = (vec![m.clone()], vec![], vec![]);
     for chunk in 0..nc {
         let decayed = f_last.clone().narrow(2, chunk, 1).reshape([b, nh]) + m;
         let m_in = m_loc.clone().narrow(2, chunk, 1).reshape([b, nh]);
-        let m_new = decayed.clone().max_pair(m_in.clone());
-        let decay = (decayed - m_new.clone()).exp();
-        let gain = (m_in - m_new.clone()).exp();
-        let kv_chunk = kv.clone().narrow(2, chunk, 1).reshape([b, nh, dqk, dv]);
-        let k_chunk = k_sum.clone().narrow(2, chunk, 1).reshape([b, nh, dqk]);
-        c = c * decay.clone().reshape([b, nh, 1, 1])
-            + kv_chunk * gain.clone().reshape([b, nh, 1, 1]);
-        n = n * decay.reshape([b, nh, 1]) + k_chunk * gain.reshape([b, nh, 1]);
-        m = m_new;
-        cs.push(c.clone());
-        ns.push(n.clone());
+        m = decayed.clone().max_pair(m_in.clone());
+        decays.push((decayed - m.clone()).exp());
+        gains.push((m_in - m.clone()).exp());
         ms.push(m.clone());
     }
-    let c_all: Tensor<B, 5> = Tensor::stack(cs, 2); // [B, NH, NC + 1, DQK, DV]
-    let n_all: Tensor<B, 4> = Tensor::stack(ns, 2); // [B, NH, NC + 1, DQK]
     let m_all: Tensor<B, 3> = Tensor::stack(ms, 2); // [B, NH, NC + 1]
-    let c_start = c_all.clone().narrow(2, 0, nc);
-    let n_start = n_all.clone().narrow(2, 0, nc);
+    let decay: Tensor<B, 3> = Tensor::stack(decays, 2); // e^{F_L+m₀-m₁}, [B, NH, NC]
+    let gain: Tensor<B, 3> = Tensor::stack(gains, 2);
+    let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
+        let [_, _, _, d1, d2] = b_c.dims();
+        let (out, last) = B::mlstm_chunk_scan(
+            a.reshape([b * nh, nc]),
+            b_c.reshape([b * nh, nc, d1 * d2]),
+            x0.reshape([b * nh, d1 * d2]),
+            reverse,
+        );
+        (
+            out.reshape([b, nh, nc, d1, d2]),
+            last.reshape([b, nh, d1, d2]),
+        )
+    };
+    let gain5 = gain.reshape([b, nh, nc, 1, 1]);
+    let (c_start, c_end) = scan(
+        kv * gain5.clone(),
+        state.c.clone().cast(DType::F32),
+        decay.clone(),
+        false,
+    );
+    let (n_start, n_end) = scan(
+        k_sum.unsqueeze_dim::<5>(4) * gain5,
+        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
+        decay.clone(),
+        false,
+    );
+    let n_start = n_start.reshape([b, nh, nc, dqk]);
+    let n_end = n_end.reshape([b, nh, dqk]);
     let m_start = m_all.clone().narrow(2, 0, nc);
 
     // The outputs of every chunk, as the forward computes them.
@@ -171,7 +190,7 @@ fn group_backward<B: Backend>(
     let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
     let log_d = (seg + log_i.clone().unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
     let (row_max, row_arg) = log_d.clone().max_dim_with_indices(4); // [B, NH, NC, L, 1]
-    let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // m₀ + F_t
+    let log_start = (m_start.clone().unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // m₀ + F_t
     let from_start = log_start.clone().greater(row_max.clone());
     let stab = row_max.max_pair(log_start.clone());
     let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
@@ -198,8 +217,8 @@ fn group_backward<B: Backend>(
     let dlog_d =
         dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
     let dq = ds.clone().matmul(k.clone())
-        + (dnum.clone().matmul(c_start.swap_dims(3, 4))
-            + dqn.clone() * n_start.unsqueeze_dim::<5>(3))
+        + (dnum.clone().matmul(c_start.clone().swap_dims(3, 4))
+            + dqn.clone() * n_start.clone().unsqueeze_dim::<5>(3))
             * g.clone();
     let dk = ds.swap_dims(3, 4).matmul(q.clone());
     let dv_out = p.swap_dims(3, 4).matmul(dnum.clone());
@@ -211,43 +230,60 @@ fn group_backward<B: Backend>(
         (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
 
-    // Back through the chunk-boundary states, last chunk first.
-    let mut dc = dstate.c.cast(DType::F32);
-    let mut dn = dstate.n.cast(DType::F32);
-    let mut dm = dstate.m.cast(DType::F32);
-    let (mut dcs, mut dns, mut ddecs, mut dlocs) = (vec![], vec![], vec![], vec![]);
-    let state_at = |t: &Tensor<B, 5>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh, dqk, dv]);
-    let norm_at = |t: &Tensor<B, 4>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh, dqk]);
-    let scalar_at = |t: &Tensor<B, 3>, i: usize| t.clone().narrow(2, i, 1).reshape([b, nh]);
-    for chunk in (0..nc).rev() {
-        dcs.push(dc.clone());
-        dns.push(dn.clone());
-        let (c0, c1) = (state_at(&c_all, chunk), state_at(&c_all, chunk + 1));
-        let (n0, n1) = (norm_at(&n_all, chunk), norm_at(&n_all, chunk + 1));
-        let inner = |dc: &Tensor<B, 4>, dn: &Tensor<B, 3>, c: Tensor<B, 4>, n: Tensor<B, 3>| {
-            (dc.clone() * c).sum_dim(3).sum_dim(2).reshape([b, nh])
-                + (dn.clone() * n).sum_dim(2).reshape([b, nh])
-        };
-        let dm_new = dm - inner(&dc, &dn, c1, n1);
-        let decayed = scalar_at(&f_last, chunk) + scalar_at(&m_all, chunk);
-        let from_decay = decayed.clone().greater_equal(scalar_at(&m_loc, chunk));
-        let decay = (decayed - scalar_at(&m_all, chunk + 1)).exp();
-        let d_dec = dm_new.clone().mask_fill(from_decay.clone().bool_not(), 0.0)
-            + decay.clone() * inner(&dc, &dn, c0, n0);
-        dlocs.push(dm_new.mask_fill(from_decay, 0.0));
-        dc = dc * decay.clone().reshape([b, nh, 1, 1]) + state_at(&dc_intra, chunk);
-        dn = dn * decay.reshape([b, nh, 1]) + norm_at(&dn_intra, chunk);
-        dm = d_dec.clone() + scalar_at(&dm_intra, chunk);
-        ddecs.push(d_dec);
-    }
-    dcs.reverse();
-    dns.reverse();
-    ddecs.reverse();
-    dlocs.reverse();
-    let dc_end: Tensor<B, 5> = Tensor::stack(dcs, 2); // dC₁ of every chunk
-    let dn_end: Tensor<B, 4> = Tensor::stack(dns, 2);
-    let d_dec: Tensor<B, 3> = Tensor::stack(ddecs, 2); // d(F_L + m₀)
-    let d_loc: Tensor<B, 3> = Tensor::stack(dlocs, 2); // d max_s log w_s
+    // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
+    // chunk's outputs' term), likewise dn; dC₁ of every chunk is kept.
+    let (dc_end, dc0) = scan(dc_intra, dstate.c.cast(DType::F32), decay.clone(), true);
+    let (dn_end, dn0) = scan(
+        dn_intra.unsqueeze_dim::<5>(4),
+        dstate.n.cast(DType::F32).unsqueeze_dim::<4>(3),
+        decay.clone(),
+        true,
+    );
+    let dn_end = dn_end.reshape([b, nh, nc, dqk]);
+    // ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ and ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ of every chunk.
+    let inner = |dc: Tensor<B, 5>, dn: Tensor<B, 4>, c: Tensor<B, 5>, n: Tensor<B, 4>| {
+        let [_, _, k, _, _] = dc.dims();
+        (dc * c).sum_dim(4).sum_dim(3).reshape([b, nh, k]) + (dn * n).sum_dim(3).reshape([b, nh, k])
+    };
+    let with_end = inner(
+        dc_end.clone().narrow(2, nc - 1, 1),
+        dn_end.clone().narrow(2, nc - 1, 1),
+        c_end.unsqueeze_dim::<5>(2),
+        n_end.unsqueeze_dim::<4>(2),
+    );
+    let with_next = if nc > 1 {
+        let inside = inner(
+            dc_end.clone().narrow(2, 0, nc - 1),
+            dn_end.clone().narrow(2, 0, nc - 1),
+            c_start.clone().narrow(2, 1, nc - 1),
+            n_start.clone().narrow(2, 1, nc - 1),
+        );
+        Tensor::cat(vec![inside, with_end], 2)
+    } else {
+        with_end
+    };
+    let with_start = inner(dc_end.clone(), dn_end.clone(), c_start, n_start);
+    // dm₀ = [m₁ from the decayed m₀] (dm₁ - ⟨dC₁, C₁⟩ - ⟨dn₁, n₁⟩) + decay ⟨dC₁, C₀⟩ + … +
+    // (the chunk's outputs' term): linear in dm₁, so a scan too.
+    let from_decay = (f_last + m_start.clone()).greater_equal(m_loc);
+    let decay_term = decay * with_start;
+    let beta = with_next
+        .clone()
+        .neg()
+        .mask_fill(from_decay.clone().bool_not(), 0.0)
+        + decay_term.clone()
+        + dm_intra.clone();
+    let alpha = from_decay.clone().float().cast(DType::F32);
+    let (dm_end, dm0) = scan(
+        beta.reshape([b, nh, nc, 1, 1]),
+        dstate.m.cast(DType::F32).reshape([b, nh, 1, 1]),
+        alpha,
+        true,
+    );
+    let dm_new = dm_end.reshape([b, nh, nc]) - with_next; // d m₁ of every chunk
+    let d_dec = dm_new.clone().mask_fill(from_decay.clone().bool_not(), 0.0) + decay_term;
+    let d_loc = dm_new.mask_fill(from_decay, 0.0); // d max_s log w_s
+    let (dc, dn, dm) = (dc0, dn0.reshape([b, nh, dqk]), dm0.reshape([b, nh]));
 
     // The chunks' own terms of their end states.
     let w = (log_w - m_all.narrow(2, 1, nc).unsqueeze_dim::<4>(3))
@@ -293,6 +329,24 @@ fn group_backward<B: Backend>(
             m: dm.cast(state.m.dtype()),
         },
     )
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_scan`]: one step per chunk.
+pub(crate) fn chunk_scan<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 3>,
+    x0: Tensor<B, 2>,
+    reverse: bool,
+) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    let [g, nc, e] = b.dims();
+    let mut x = x0;
+    let mut out = vec![x.clone(); nc];
+    for step in 0..nc {
+        let c = if reverse { nc - 1 - step } else { step };
+        out[c] = x.clone();
+        x = x * a.clone().narrow(1, c, 1) + b.clone().narrow(1, c, 1).reshape([g, e]);
+    }
+    (Tensor::stack(out, 1), x)
 }
 
 /// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,

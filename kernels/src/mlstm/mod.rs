@@ -12,6 +12,8 @@ mod chunk_kernel;
 #[cfg(feature = "cube")]
 mod cube;
 #[cfg(feature = "cube")]
+mod scan_kernel;
+#[cfg(feature = "cube")]
 mod step_kernel;
 
 #[cfg(feature = "cube")]
@@ -52,6 +54,18 @@ pub trait MlstmBackend: Backend {
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
         backward::chunkwise_backward(x, state, chunk_size, dh, dstate)
+    }
+
+    /// The linear recurrence over chunks of the backward: `x ← a_c x + b_c` from `x0 [G, E]`,
+    /// over `c = 0..NC` (`reverse` false) or `NC-1..=0`, with `a [G, NC]`, `b [G, NC, E]`, all
+    /// f32. Returns `x` before each step `[G, NC, E]` and after the last `[G, E]`.
+    fn mlstm_chunk_scan(
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        x0: Tensor<Self, 2>,
+        reverse: bool,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>) {
+        backward::chunk_scan(a, b, x0, reverse)
     }
 
     /// One recurrent step: `q, k [B, NH, DQK]`, `v [B, NH, DV]`, gates `[B, NH]` →
