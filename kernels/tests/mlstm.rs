@@ -481,8 +481,15 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
             for ((name, got), want) in names.iter().zip(got).zip(want) {
                 let what = format!("grad {name} of {dims:?} chunk {chunk} state {with_state}");
                 // m₀'s gradient is a difference of inner products ⟨dC, C⟩ (cancellation): seen
-                // 1.03e-4 on Vulkan. burn's f32 matmul on CUDA rounds like TF32 (seen 1.7e-3).
-                let bound = if cuda { 5e-3 } else if *name == "m0" { 3e-4 } else { 1e-4 };
+                // 1.03e-4 on Vulkan. burn's f32 matmul on CUDA rounds like TF32: seen up to
+                // 5.8e-3 here, and 5.6e-3 for autodiff of the reference alone on CUDA.
+                let bound = if cuda {
+                    1e-2
+                } else if *name == "m0" {
+                    3e-4
+                } else {
+                    1e-4
+                };
                 check(&what, got, want, bound);
             }
         }

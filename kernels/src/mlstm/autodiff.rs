@@ -81,12 +81,15 @@ fn unpack<B: Backend>(
     (part(0, seq * dv).reshape([b, nh, seq, dv]), state)
 }
 
+/// `h` and the final state under `Autodiff<B, C>`.
+type Output<B, C> = (Tensor<Autodiff<B, C>, 4>, MlstmState<Autodiff<B, C>>);
+
 /// The chunkwise form of `B` as one node of `Autodiff<B>`.
 fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
     x: &MlstmInputs<Autodiff<B, C>>,
     state: Option<MlstmState<Autodiff<B, C>>>,
     chunk_size: usize,
-) -> Result<(Tensor<Autodiff<B, C>, 4>, MlstmState<Autodiff<B, C>>), CellError> {
+) -> Result<Output<B, C>, CellError> {
     let [b, nh, s, dqk, dv] = x.dims()?;
     if s == 0 || chunk_size == 0 {
         // The reference names the offending field.
