@@ -9,6 +9,7 @@ mod autodiff;
 mod backward;
 #[cfg(feature = "cube")]
 mod chunk_kernel;
+mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
 #[cfg(feature = "cube")]
@@ -82,5 +83,21 @@ pub trait MlstmBackend: Backend {
     }
 }
 
-impl MlstmBackend for NdArray<f32> {}
+/// `NdArray<f32>` runs the generation step as loops over the state (`cpu.rs`).
+impl MlstmBackend for NdArray<f32> {
+    fn mlstm_step(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        i_preact: Tensor<Self, 2>,
+        f_preact: Tensor<Self, 2>,
+        state: Option<MlstmState<Self>>,
+    ) -> Result<(Tensor<Self, 3>, MlstmState<Self>), CellError> {
+        if cpu::takes(&q, state.as_ref()) {
+            cpu::step(q, k, v, i_preact, f_preact, state)
+        } else {
+            xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state)
+        }
+    }
+}
 impl MlstmBackend for NdArray<f64> {}

@@ -19,7 +19,7 @@ mod step;
 pub use inputs::MlstmInputs;
 pub use schedules::{chunkwise, parallel};
 pub use state::MlstmState;
-pub use step::step;
+pub use step::{check_step, step};
 
 /// The official normaliser epsilon (`eps` in `xlstm.blocks.mlstm.backends`).
 pub const EPS: f64 = 1e-6;

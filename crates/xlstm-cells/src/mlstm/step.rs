@@ -23,17 +23,7 @@ pub fn step<B: Backend>(
 ) -> Result<(Tensor<B, 3>, MlstmState<B>), CellError> {
     let [b, nh, dqk] = q.dims();
     let dv = v.dims()[2];
-    CellError::check_shape("k", &k.dims(), &[b, nh, dqk], "B, NH, DQK as q")?;
-    CellError::check_shape("v", &v.dims(), &[b, nh, dv], "B, NH as q, DV")?;
-    CellError::check_shape("i_preact", &i_preact.dims(), &[b, nh], "B, NH")?;
-    CellError::check_shape("f_preact", &f_preact.dims(), &[b, nh], "B, NH")?;
-    let state = match state {
-        Some(state) => {
-            state.check(b, nh, dqk, dv)?;
-            state
-        }
-        None => MlstmState::zeros(b, nh, dqk, dv, &q.device()),
-    };
+    let state = check_step(&q, &k, &v, &i_preact, &f_preact, state)?;
 
     let log_f = log_forget_gate(f_preact);
     let m_new = stabilizer_update(log_f.clone(), state.m.clone(), i_preact.clone());
@@ -55,4 +45,29 @@ pub fn step<B: Backend>(
     let qn = (q * n.clone()).sum_dim(2); // [B, NH, 1]
     let h = numerator / normalizer(qn, m_new.clone().reshape([b, nh, 1]), EPS);
     Ok((h, MlstmState { c, n, m: m_new }))
+}
+
+/// Checks the operands of [`step`] (errors name the field) and returns the state to continue
+/// from: `state`, or the official zero state for `None`.
+pub fn check_step<B: Backend>(
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    i_preact: &Tensor<B, 2>,
+    f_preact: &Tensor<B, 2>,
+    state: Option<MlstmState<B>>,
+) -> Result<MlstmState<B>, CellError> {
+    let [b, nh, dqk] = q.dims();
+    let dv = v.dims()[2];
+    CellError::check_shape("k", &k.dims(), &[b, nh, dqk], "B, NH, DQK as q")?;
+    CellError::check_shape("v", &v.dims(), &[b, nh, dv], "B, NH as q, DV")?;
+    CellError::check_shape("i_preact", &i_preact.dims(), &[b, nh], "B, NH")?;
+    CellError::check_shape("f_preact", &f_preact.dims(), &[b, nh], "B, NH")?;
+    match state {
+        Some(state) => {
+            state.check(b, nh, dqk, dv)?;
+            Ok(state)
+        }
+        None => Ok(MlstmState::zeros(b, nh, dqk, dv, &q.device())),
+    }
 }
