@@ -132,9 +132,10 @@ impl<B: XlstmBackend> MlstmLayer<B> {
         let q = self.q_proj.forward(conv_act.clone());
         let k = self.k_proj.forward(conv_act.clone());
         let v = self.v_proj.forward(x_mlstm);
-        let gate_in = Tensor::cat(vec![q.clone(), k.clone(), v.clone()], 2); // [B, S, 3I]
-        let i = self.igate.forward(gate_in.clone());
-        let f = self.fgate.forward(gate_in);
+        // The gates read `[q, k, v]` ([B, S, 3I], official `torch.cat`), taken part by part.
+        let gate_in = [q.clone(), k.clone(), v.clone()];
+        let i = self.igate.forward_concat(&gate_in);
+        let f = self.fgate.forward_concat(&gate_in);
         ([conv_act, z, q, k, v, i, f], conv_state)
     }
 

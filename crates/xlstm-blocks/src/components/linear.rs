@@ -40,6 +40,33 @@ impl<B: DenseBackend> Linear<B> {
     /// `x [..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let y = B::headwise_matmul(x, self.weight.val().unsqueeze());
+        self.add_bias(y)
+    }
+
+    /// The forward of the concatenation of `parts` along the last dim (`Σ in_j = in`), as one
+    /// product per part with its row block of the weight: the concatenation is never built.
+    pub fn forward_concat<const D: usize>(&self, parts: &[Tensor<B, D>]) -> Tensor<B, D> {
+        let mut first = 0;
+        let mut y: Option<Tensor<B, D>> = None;
+        for part in parts {
+            let width = part.dims()[D - 1];
+            let block = self.weight.val().narrow(0, first, width).unsqueeze();
+            let product = B::headwise_matmul(part.clone(), block);
+            y = Some(match y {
+                Some(y) => y + product,
+                None => product,
+            });
+            first += width;
+        }
+        assert_eq!(
+            first,
+            self.dims().0,
+            "forward_concat: the parts' widths must sum to `in`"
+        );
+        self.add_bias(y.expect("forward_concat: at least one part"))
+    }
+
+    fn add_bias<const D: usize>(&self, y: Tensor<B, D>) -> Tensor<B, D> {
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
