@@ -1,6 +1,6 @@
 //! `xlstm`: train, evaluate, generate and benchmark xLSTM models.
 //!
-//! `xlstm train` with no arguments trains the embedded default (parity, `xLSTM[1:1]`) and
+//! `xlstm train` with no arguments trains the embedded default (parity, `xLSTM[0:1]`) and
 //! prints accuracy per length bucket. Errors are one line on stderr and a non-zero exit.
 
 mod allocator;
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model (no arguments: parity with xLSTM[1:1], a few minutes on a CPU).
+    /// Train a model (no arguments: parity with xLSTM[0:1], a few minutes on a CPU).
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on its task: accuracy per length bucket.
     Eval(train_cmd::EvalArgs),

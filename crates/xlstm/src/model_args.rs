@@ -28,8 +28,8 @@ pub struct ModelArgs {
     pub vocab: Option<usize>,
 }
 
-/// Defaults when neither a file nor a flag says otherwise: the official formal-language
-/// model (2 blocks, width 64, one head, sLSTM at block 1: `xLSTM[1:1]`).
+/// Defaults when neither a file nor a flag says otherwise (each command sets its own; `train`:
+/// 2 blocks, width 64, one head, both blocks sLSTM: `xLSTM[0:1]`).
 pub struct Defaults {
     pub vocab: usize,
     pub blocks: usize,

@@ -53,7 +53,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::default())]
     pub backend: BackendKind,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     /// Examples per micro-batch.
     #[arg(long, default_value_t = 64)]
@@ -62,7 +62,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Warmup steps (default: 10 % of the steps).
     #[arg(long)]
@@ -164,7 +164,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let model_cfg = args.model.resolve(&Defaults {
         vocab: data.vocab_size(),
         blocks: 2,
-        slstm_at: "1",
+        slstm_at: "all",
         embedding_dim: 64,
         heads: 1,
     })?;
