@@ -12,12 +12,12 @@ use crate::components::{
     SwiGlu,
 };
 
-/// `weight` (required) and `bias` (optional).
+/// `weight` (required, read and written by `$visit` / `$load`) and `bias` (optional).
 macro_rules! weight_bias {
-    ($ty:ident) => {
+    ($ty:ident, $visit:ident, $load:ident) => {
         impl<B: Backend> OfficialParams<B> for $ty<B> {
             fn visit_official(&self, prefix: &str, out: &mut Vec<(String, ParamTensor<B>)>) {
-                visit_param(&self.weight, prefix, "weight", out);
+                $visit(&self.weight, prefix, "weight", out);
                 visit_opt(&self.bias, prefix, "bias", out);
             }
             fn load_official(
@@ -25,37 +25,17 @@ macro_rules! weight_bias {
                 prefix: &str,
                 src: &mut TensorMap,
             ) -> Result<Self, CheckpointError> {
-                self.weight = load_param(self.weight, prefix, "weight", src)?;
+                self.weight = $load(self.weight, prefix, "weight", src)?;
                 self.bias = load_opt(self.bias, prefix, "bias", src)?;
                 Ok(self)
             }
         }
     };
 }
-weight_bias!(CausalConv1d);
-
-/// `weight` stored swapped (`[.., in, out]`, official `[.., out, in]`) and an optional `bias`.
-macro_rules! swapped_weight_bias {
-    ($ty:ident) => {
-        impl<B: Backend> OfficialParams<B> for $ty<B> {
-            fn visit_official(&self, prefix: &str, out: &mut Vec<(String, ParamTensor<B>)>) {
-                visit_swapped(&self.weight, prefix, "weight", out);
-                visit_opt(&self.bias, prefix, "bias", out);
-            }
-            fn load_official(
-                mut self,
-                prefix: &str,
-                src: &mut TensorMap,
-            ) -> Result<Self, CheckpointError> {
-                self.weight = load_swapped(self.weight, prefix, "weight", src)?;
-                self.bias = load_opt(self.bias, prefix, "bias", src)?;
-                Ok(self)
-            }
-        }
-    };
-}
-swapped_weight_bias!(Linear);
-swapped_weight_bias!(LinearHeadwise);
+weight_bias!(CausalConv1d, visit_param, load_param);
+// Stored swapped (`[.., in, out]`), official `[.., out, in]` in checkpoints.
+weight_bias!(Linear, visit_swapped, load_swapped);
+weight_bias!(LinearHeadwise, visit_swapped, load_swapped);
 
 /// Optional `weight` and `bias`.
 macro_rules! norm {
