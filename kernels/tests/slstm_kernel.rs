@@ -15,6 +15,9 @@ use xlstm_golden::{rel_l2, Array};
 use xlstm_kernels::slstm::cube::{BATCH_BLOCK_ENV, R_CACHE_ENV};
 use xlstm_kernels::SlstmBackend;
 
+mod common;
+use common::Rng;
+
 type Reference = Autodiff<NdArray<f32>>;
 
 /// One problem: sizes, inputs and the weights of a random linear loss on every output.
@@ -33,25 +36,9 @@ struct Problem {
     w_state: [Vec<f32>; 4],
 }
 
-/// Small deterministic generator (xorshift), uniform in `[lo, hi)`.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-}
-
 impl Problem {
     fn new(seed: u64, batch: usize, seq: usize, nh: usize, dh: usize, with_state: bool) -> Self {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let hid = nh * dh;
         let scale = 1.0 / (dh as f32).sqrt();
         let state = with_state.then(|| {

@@ -24,8 +24,8 @@ type Cpu = NdArray<f32>;
 fn host<const D: usize>(t: FloatTensor<Cpu>) -> (Vec<f32>, Vec<usize>) {
     let t = Tensor::<Cpu, D>::from_primitive(TensorPrimitive::Float(t));
     let shape = t.dims().to_vec();
-    // Flattening makes a strided view (the recurrent weights arrive transposed) contiguous
-    // with one strided copy; reading a strided view element by element is ~10× slower.
+    // Flattening makes a strided view (a caller may hand one, e.g. `R` swapped from the
+    // official layout) contiguous with one strided copy; reading a strided view element by element is ~10× slower.
     let data = t.reshape([shape.iter().product::<usize>()]).into_data();
     let values = data
         .into_vec::<f32>()

@@ -55,8 +55,11 @@ impl<B: Backend> ParamTensor<B> {
             Self::R1(t) => t.dims().to_vec(),
             Self::R2(t) => t.dims().to_vec(),
             Self::R3(t) => t.dims().to_vec(),
-            Self::R2Swapped(t) => t.clone().swap_dims(0, 1).dims().to_vec(),
-            Self::R3Swapped(t) => t.clone().swap_dims(1, 2).dims().to_vec(),
+            Self::R2Swapped(t) => t.dims().into_iter().rev().collect(),
+            Self::R3Swapped(t) => {
+                let [nh, i, o] = t.dims();
+                vec![nh, o, i]
+            }
         }
     }
 
