@@ -176,9 +176,27 @@ fn check_state<B: Backend>(what: &str, got: MlstmState<B>, want: MlstmState<Ref>
     check(&format!("{what} m"), values(got.m), values(want.m), bound);
 }
 
+/// A chunkwise forward under test: `B::mlstm_chunkwise` or `xlstm_kernels::mlstm::chunkwise_matmul`.
+type Chunkwise<B> = fn(
+    &MlstmInputs<B>,
+    Option<MlstmState<B>>,
+    usize,
+) -> Result<(Tensor<B, 4>, MlstmState<B>), xlstm_cells::CellError>;
+
 /// Chunkwise forward and final state, with and without an initial state.
 fn chunkwise_case<B: MlstmBackend>(
     dev: &B::Device,
+    seed: u64,
+    dims: [usize; 5],
+    chunk: usize,
+    bf16: bool,
+) {
+    chunkwise_case_of::<B>(dev, B::mlstm_chunkwise, seed, dims, chunk, bf16);
+}
+
+fn chunkwise_case_of<B: MlstmBackend>(
+    dev: &B::Device,
+    run: Chunkwise<B>,
     seed: u64,
     dims: [usize; 5],
     chunk: usize,
@@ -213,7 +231,7 @@ fn chunkwise_case<B: MlstmBackend>(
             };
         }
         let s = with_state.then(|| p.state::<B>(dev));
-        let (h, state) = B::mlstm_chunkwise(&x, s, chunk).unwrap();
+        let (h, state) = run(&x, s, chunk).unwrap();
         assert_eq!(h.dims(), want_h.dims());
         let what = format!("{what} state {with_state}");
         check(&format!("{what} h"), values(h), values(want_h), bound);
@@ -221,19 +239,52 @@ fn chunkwise_case<B: MlstmBackend>(
     }
 }
 
+/// [B, NH, S, DQK, DV], chunk: one token, one head, batch 1, DQK ≠ DV, lengths that are not a
+/// multiple of the chunk.
+const AWKWARD: &[([usize; 5], usize)] = &[
+    ([1, 1, 1, 16, 16], 64),
+    ([1, 1, 7, 16, 24], 16),
+    ([2, 3, 33, 32, 16], 16),
+    ([1, 2, 65, 48, 80], 64),
+    ([3, 1, 100, 24, 40], 32),
+    ([1, 1, 129, 64, 64], 64),
+    ([2, 2, 70, 16, 130], 20), // a chunk size without a kernel, DV over one 128-wide tile
+];
+
 fn awkward_chunkwise<B: MlstmBackend>(dev: &B::Device) {
-    // [B, NH, S, DQK, DV], chunk
-    let cases: &[([usize; 5], usize)] = &[
-        ([1, 1, 1, 16, 16], 64),
-        ([1, 1, 7, 16, 24], 16),
-        ([2, 3, 33, 32, 16], 16),
-        ([1, 2, 65, 48, 80], 64),
-        ([3, 1, 100, 24, 40], 32),
-        ([1, 1, 129, 64, 64], 64),
-        ([2, 2, 70, 16, 130], 20), // a chunk size without a kernel, DV over one 128-wide tile
-    ];
-    for (n, (dims, chunk)) in cases.iter().enumerate() {
+    for (n, (dims, chunk)) in AWKWARD.iter().enumerate() {
         chunkwise_case::<B>(dev, n as u64, *dims, *chunk, false);
+    }
+}
+
+/// The batched-matmul schedule (what CUDA runs for bf16/f16 inputs) in f32, on backends whose
+/// f32 matmul is exact f32: NdArray and wgpu (CUDA's rounds through TF32, so there it is
+/// checked through the bf16 cases).
+fn matmul_chunkwise<B: MlstmBackend>(dev: &B::Device) {
+    for (n, (dims, chunk)) in AWKWARD.iter().enumerate() {
+        chunkwise_case_of::<B>(
+            dev,
+            xlstm_kernels::mlstm::chunkwise_matmul,
+            n as u64,
+            *dims,
+            *chunk,
+            false,
+        );
+    }
+    let mut r = Rng(0xBEEF);
+    for n in 0..3 {
+        let (b, nh) = (1 + r.below(3), 1 + r.below(3));
+        let (dqk, dv) = (16 + r.below(49), 16 + r.below(49));
+        let s = 1 + r.below(300);
+        let chunk = 1 + r.below(64);
+        chunkwise_case_of::<B>(
+            dev,
+            xlstm_kernels::mlstm::chunkwise_matmul,
+            200 + n,
+            [b, nh, s, dqk, dv],
+            chunk,
+            false,
+        );
     }
 }
 
@@ -259,6 +310,9 @@ fn bf16_chunkwise<B: MlstmBackend>(dev: &B::Device) {
         return;
     }
     chunkwise_case::<B>(dev, 7, [2, 2, 77, 32, 48], 64, true);
+    for (n, (dims, chunk)) in AWKWARD.iter().enumerate() {
+        chunkwise_case::<B>(dev, 300 + n as u64, *dims, *chunk, true);
+    }
     if large() {
         chunkwise_case::<B>(dev, 8, [2, 2, 2049, 256, 512], 64, true);
     }
@@ -577,6 +631,15 @@ fn chunkwise_matches_reference_on_awkward_shapes() {
 #[test]
 fn chunkwise_matches_reference_on_random_shapes() {
     on_backends!(random_chunkwise);
+}
+
+#[test]
+fn matmul_schedule_matches_reference() {
+    matmul_chunkwise::<Ref>(&Default::default());
+    #[cfg(feature = "wgpu")]
+    if wanted("wgpu") {
+        matmul_chunkwise::<burn::backend::Wgpu>(&Default::default());
+    }
 }
 
 #[test]

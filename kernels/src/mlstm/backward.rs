@@ -58,36 +58,16 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     let mut parts = vec![];
     for first in (0..b).step_by(group) {
         let n = group.min(b - first);
-        let x = MlstmInputs {
-            q: x.q.clone().narrow(0, first, n),
-            k: x.k.clone().narrow(0, first, n),
-            v: x.v.clone().narrow(0, first, n),
-            i_preact: x.i_preact.clone().narrow(0, first, n),
-            f_preact: x.f_preact.clone().narrow(0, first, n),
-        };
-        let part = |st: &MlstmState<B>| MlstmState {
-            c: st.c.clone().narrow(0, first, n),
-            n: st.n.clone().narrow(0, first, n),
-            m: st.m.clone().narrow(0, first, n),
-        };
-        let dh = dh.clone().narrow(0, first, n);
-        parts.push(group_backward(&x, part(&state), len, dh, part(&dstate)));
+        parts.push(group_backward(
+            &x.narrow_batch(first, n),
+            state.narrow_batch(first, n),
+            len,
+            dh.clone().narrow(0, first, n),
+            dstate.narrow_batch(first, n),
+        ));
     }
     let (dx, ds): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
-    (
-        MlstmInputs {
-            q: Tensor::cat(dx.iter().map(|d| d.q.clone()).collect(), 0),
-            k: Tensor::cat(dx.iter().map(|d| d.k.clone()).collect(), 0),
-            v: Tensor::cat(dx.iter().map(|d| d.v.clone()).collect(), 0),
-            i_preact: Tensor::cat(dx.iter().map(|d| d.i_preact.clone()).collect(), 0),
-            f_preact: Tensor::cat(dx.iter().map(|d| d.f_preact.clone()).collect(), 0),
-        },
-        MlstmState {
-            c: Tensor::cat(ds.iter().map(|d| d.c.clone()).collect(), 0),
-            n: Tensor::cat(ds.iter().map(|d| d.n.clone()).collect(), 0),
-            m: Tensor::cat(ds.iter().map(|d| d.m.clone()).collect(), 0),
-        },
-    )
+    (MlstmInputs::cat_batch(dx), MlstmState::cat_batch(ds))
 }
 
 /// [`chunkwise_backward`] for one group of batch entries, chunk size `len ≤ S`.
@@ -142,19 +122,14 @@ fn group_backward<B: MlstmBackend>(
     let k_sum = k_w.sum_dim(3).reshape([b, nh, nc, dqk]);
     let m_loc = m_loc.reshape([b, nh, nc]);
     // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
-    let mut m = state.m.clone().cast(DType::F32);
-    let (mut ms, mut decays, mut gains) = (vec![m.clone()], vec![], vec![]);
-    for chunk in 0..nc {
-        let decayed = f_last.clone().narrow(2, chunk, 1).reshape([b, nh]) + m;
-        let m_in = m_loc.clone().narrow(2, chunk, 1).reshape([b, nh]);
-        m = decayed.clone().max_pair(m_in.clone());
-        decays.push((decayed - m.clone()).exp());
-        gains.push((m_in - m.clone()).exp());
-        ms.push(m.clone());
-    }
-    let m_all: Tensor<B, 3> = Tensor::stack(ms, 2); // [B, NH, NC + 1]
-    let decay: Tensor<B, 3> = Tensor::stack(decays, 2); // e^{F_L+m₀-m₁}, [B, NH, NC]
-    let gain: Tensor<B, 3> = Tensor::stack(gains, 2);
+    let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
+        f_last.clone().reshape([b * nh, nc]),
+        m_loc.clone().reshape([b * nh, nc]),
+        state.m.clone().cast(DType::F32).reshape([b * nh]),
+    );
+    let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
+    let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
+    let gain = gain.reshape([b, nh, nc]); // e^{m_loc-m₁}
     let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
         let [_, _, _, d1, d2] = b_c.dims();
         let (out, last) = B::mlstm_chunk_scan(
@@ -339,6 +314,8 @@ pub(crate) fn chunk_scan<B: Backend>(
     reverse: bool,
 ) -> (Tensor<B, 3>, Tensor<B, 2>) {
     let [g, nc, e] = b.dims();
+    let dtype = b.dtype();
+    let b = b.cast(DType::F32);
     let mut x = x0;
     let mut out = vec![x.clone(); nc];
     for step in 0..nc {
@@ -346,12 +323,36 @@ pub(crate) fn chunk_scan<B: Backend>(
         out[c] = x.clone();
         x = x * a.clone().narrow(1, c, 1) + b.clone().narrow(1, c, 1).reshape([g, e]);
     }
-    (Tensor::stack(out, 1), x)
+    (Tensor::stack::<3>(out, 1).cast(dtype), x)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_stabiliser_scan`]: one step per chunk.
+pub(crate) fn stabiliser_scan<B: Backend>(
+    f_last: Tensor<B, 2>,
+    m_loc: Tensor<B, 2>,
+    m0: Tensor<B, 1>,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let [g, nc] = f_last.dims();
+    let mut m = m0.reshape([g, 1]);
+    let (mut ms, mut decays, mut gains) = (vec![m.clone()], vec![], vec![]);
+    for chunk in 0..nc {
+        let decayed = f_last.clone().narrow(1, chunk, 1) + m;
+        let m_in = m_loc.clone().narrow(1, chunk, 1);
+        m = decayed.clone().max_pair(m_in.clone());
+        decays.push((decayed - m.clone()).exp());
+        gains.push((m_in - m.clone()).exp());
+        ms.push(m.clone());
+    }
+    (
+        Tensor::cat(ms, 1),
+        Tensor::cat(decays, 1),
+        Tensor::cat(gains, 1),
+    )
 }
 
 /// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,
 /// summed term by term as the reference does.
-fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
+pub(crate) fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
     let [b, nh, nc, len] = log_f.dims();
     let above_or_on_diagonal: Tensor<B, 2, Bool> =
         Tensor::tril_mask([len, len], -1, &log_f.device());

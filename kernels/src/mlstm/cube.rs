@@ -11,6 +11,7 @@ use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
+use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::MlstmBackend;
 
@@ -132,6 +133,24 @@ fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// Whether `dtype` is a half type that the device multiplies on tensor cores (`cmma`; CUDA
+/// lists bf16 and f16, WGSL nothing). Such inputs run the chunkwise form as batched matrix
+/// products (`chunk_matmul.rs`); f32 keeps the fused kernels, which are exact in f32 where
+/// the matmul would round through TF32.
+fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        return false;
+    }
+    let elem: StorageType = dtype.into();
+    client
+        .properties()
+        .features
+        .matmul
+        .cmma
+        .iter()
+        .any(|mma| mma.a_type == elem && mma.b_type == elem)
+}
+
 /// The state to start from in the inputs' batch/head/size, in a float type of its own.
 fn start_state<B: MlstmBackend>(
     state: Option<MlstmState<B>>,
@@ -174,6 +193,9 @@ where
             DEFAULT_CHUNK
         };
         let shared = x.q.clone().into_primitive().tensor();
+        if tensor_cores(&shared.client, dtype) {
+            return super::chunkwise_matmul(x, Some(state), chunk_size);
+        }
         let limit = shared.client.properties().hardware.max_shared_memory_size;
         let Some(plan) = Plan::choose(requested, dqk, dv, limit) else {
             return xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size);
@@ -281,6 +303,70 @@ where
                 m: wrap(m_out),
             },
         ))
+    }
+
+    fn mlstm_chunk_scan(
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 3>,
+        x0: Tensor<Self, 2>,
+        reverse: bool,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>) {
+        let [g, nc, e] = b.dims();
+        let dtype = b.dtype();
+        if !supported(dtype) || g * e == 0 || nc == 0 {
+            return super::backward::chunk_scan(a, b, x0, reverse);
+        }
+        let a = prim(a.cast(DType::F32));
+        let b = prim(b);
+        let x0 = prim(x0.cast(DType::F32));
+        let out = empty(&b, vec![g, nc, e], dtype);
+        let last = empty(&b, vec![g, e], DType::F32);
+        let client = b.client.clone();
+        let dim = CubeDim::new_1d(256);
+        chunk_scan_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, g * e, dim),
+            dim,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            x0.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            last.clone().into_tensor_arg(),
+            reverse,
+            [dtype.into(), dtype.into()],
+        );
+        (wrap(out), wrap(last))
+    }
+
+    fn mlstm_stabiliser_scan(
+        f_last: Tensor<Self, 2>,
+        m_loc: Tensor<Self, 2>,
+        m0: Tensor<Self, 1>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let [g, nc] = f_last.dims();
+        if g == 0 || nc == 0 {
+            return super::backward::stabiliser_scan(f_last, m_loc, m0);
+        }
+        let f_last = prim(f_last.cast(DType::F32));
+        let m_loc = prim(m_loc.cast(DType::F32));
+        let m0 = prim(m0.cast(DType::F32));
+        let m_all = empty(&f_last, vec![g, nc + 1], DType::F32);
+        let decay = empty(&f_last, vec![g, nc], DType::F32);
+        let gain = empty(&f_last, vec![g, nc], DType::F32);
+        let client = f_last.client.clone();
+        let dim = CubeDim::new_1d(64);
+        stabiliser_scan_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, g, dim),
+            dim,
+            f_last.into_tensor_arg(),
+            m_loc.into_tensor_arg(),
+            m0.into_tensor_arg(),
+            m_all.clone().into_tensor_arg(),
+            decay.clone().into_tensor_arg(),
+            gain.clone().into_tensor_arg(),
+        );
+        (wrap(m_all), wrap(decay), wrap(gain))
     }
 
     fn mlstm_step(

@@ -9,6 +9,7 @@ mod autodiff;
 mod backward;
 #[cfg(feature = "cube")]
 mod chunk_kernel;
+mod chunk_matmul;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
@@ -17,6 +18,7 @@ mod scan_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
+pub use chunk_matmul::chunkwise_matmul;
 #[cfg(feature = "cube")]
 pub use cube::DEFAULT_CHUNK;
 
@@ -57,9 +59,10 @@ pub trait MlstmBackend: Backend {
         backward::chunkwise_backward(x, state, chunk_size, dh, dstate)
     }
 
-    /// The linear recurrence over chunks of the backward: `x ← a_c x + b_c` from `x0 [G, E]`,
-    /// over `c = 0..NC` (`reverse` false) or `NC-1..=0`, with `a [G, NC]`, `b [G, NC, E]`, all
-    /// f32. Returns `x` before each step `[G, NC, E]` and after the last `[G, E]`.
+    /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over
+    /// `c = 0..NC` (`reverse` false) or `NC-1..=0`, with `a [G, NC]` and `x0` f32 and
+    /// `b [G, NC, E]` of any float type (`x` is f32 throughout). Returns `x` before each step
+    /// `[G, NC, E]` in `b`'s float type and after the last `[G, E]` in f32.
     fn mlstm_chunk_scan(
         a: Tensor<Self, 2>,
         b: Tensor<Self, 3>,
@@ -67,6 +70,18 @@ pub trait MlstmBackend: Backend {
         reverse: bool,
     ) -> (Tensor<Self, 3>, Tensor<Self, 2>) {
         backward::chunk_scan(a, b, x0, reverse)
+    }
+
+    /// The stabiliser of every chunk boundary: from `m = m0 [G]`, per chunk `c`,
+    /// `m₁ = max(F_L + m, m_loc)` with `f_last [G, NC]` (`F_L`, the chunk's sum of `log f`) and
+    /// `m_loc [G, NC]` (`max_s(ĩ_s + F_L - F_s)`), all f32. Returns `m` before every chunk and
+    /// after the last `[G, NC + 1]`, `e^{F_L+m-m₁}` and `e^{m_loc-m₁}` `[G, NC]`.
+    fn mlstm_stabiliser_scan(
+        f_last: Tensor<Self, 2>,
+        m_loc: Tensor<Self, 2>,
+        m0: Tensor<Self, 1>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        backward::stabiliser_scan(f_last, m_loc, m0)
     }
 
     /// One recurrent step: `q, k [B, NH, DQK]`, `v [B, NH, DV]`, gates `[B, NH]` →

@@ -1,19 +1,24 @@
-//! The linear recurrence over chunks that both directions of the chunkwise backward need:
-//! `x ← a_c x + b_c` for `c = 0, 1, …` (forward: the chunk-boundary states `C, n`) or
-//! `c = NC-1, …, 0` (reverse: their gradients `dC, dn`, and the stabiliser's `dm`).
+//! The recurrences over chunks of the chunkwise form, each one unit per independent lane:
+//! - the linear recurrence `x ← a_c x + b_c` for `c = 0, 1, …` (the chunk-boundary states `C, n`)
+//!   or `c = NC-1, …, 0` (their gradients `dC, dn`, and the stabiliser's `dm`);
+//! - the stabiliser `m₁ = max(F_L + m₀, m_loc)` of every chunk, with the two factors that the
+//!   state update needs.
 
 use cubecl::prelude::*;
 
 /// One unit per `(g, e)` of `x [G, E]` walks the chunks and writes `out[g, c, e]`, the value
-/// of `x` before step `c`, then `last[g, e]`, the value after the final step.
+/// of `x` before step `c`, then `last[g, e]`, the value after the final step. `x` is f32 inside;
+/// `b` and `out` may be any float type (the forward keeps the chunk-boundary states in the
+/// inputs' type).
 #[cube(launch)]
-pub(crate) fn chunk_scan_kernel(
+pub(crate) fn chunk_scan_kernel<FB: Float, FO: Float>(
     a: &Tensor<f32>,        // [G, NC]
-    b: &Tensor<f32>,        // [G, NC, E]
+    b: &Tensor<FB>,         // [G, NC, E]
     x0: &Tensor<f32>,       // [G, E]
-    out: &mut Tensor<f32>,  // [G, NC, E]
+    out: &mut Tensor<FO>,   // [G, NC, E]
     last: &mut Tensor<f32>, // [G, E]
     #[comptime] reverse: bool,
+    #[define(FB, FO)] _dtypes: [StorageType; 2],
 ) {
     let e_len = x0.shape(1);
     let chunks = a.shape(1);
@@ -27,10 +32,39 @@ pub(crate) fn chunk_scan_kernel(
             if comptime!(reverse) {
                 c = chunks - 1 - step;
             }
-            out[g * out.stride(0) + c * out.stride(1) + e * out.stride(2)] = x;
+            out[g * out.stride(0) + c * out.stride(1) + e * out.stride(2)] = FO::cast_from(x);
             x = a[g * a.stride(0) + c * a.stride(1)] * x
-                + b[g * b.stride(0) + c * b.stride(1) + e * b.stride(2)];
+                + f32::cast_from(b[g * b.stride(0) + c * b.stride(1) + e * b.stride(2)]);
         }
         last[g * last.stride(0) + e * last.stride(1)] = x;
+    }
+}
+
+/// One unit per row `g` walks the chunks: from `m = m0[g]`, per chunk
+/// `m₁ = max(F_L + m, m_loc)` (eq. 15 unrolled over the chunk), `decay = e^{F_L+m-m₁}`,
+/// `gain = e^{m_loc-m₁}`; `m_all[g, c]` is `m` before chunk `c` (`NC + 1` entries).
+#[cube(launch)]
+pub(crate) fn stabiliser_scan_kernel(
+    f_last: &Tensor<f32>,    // [G, NC], F_L of every chunk
+    m_loc: &Tensor<f32>,     // [G, NC], max_s(ĩ_s + F_L - F_s)
+    m0: &Tensor<f32>,        // [G]
+    m_all: &mut Tensor<f32>, // [G, NC + 1]
+    decay: &mut Tensor<f32>, // [G, NC]
+    gain: &mut Tensor<f32>,  // [G, NC]
+) {
+    let g = ABSOLUTE_POS;
+    if g < m0.shape(0) {
+        let chunks = f_last.shape(1);
+        let mut m = m0[g * m0.stride(0)];
+        m_all[g * m_all.stride(0)] = m;
+        for c in 0..chunks {
+            let decayed = f_last[g * f_last.stride(0) + c * f_last.stride(1)] + m;
+            let m_in = m_loc[g * m_loc.stride(0) + c * m_loc.stride(1)];
+            let m_new = decayed.max(m_in);
+            decay[g * decay.stride(0) + c * decay.stride(1)] = (decayed - m_new).exp();
+            gain[g * gain.stride(0) + c * gain.stride(1)] = (m_in - m_new).exp();
+            m = m_new;
+            m_all[g * m_all.stride(0) + (c + 1) * m_all.stride(1)] = m;
+        }
     }
 }

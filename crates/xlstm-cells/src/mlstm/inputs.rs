@@ -49,4 +49,32 @@ impl<B: Backend> MlstmInputs<B> {
             f_preact: self.f_preact.clone().narrow(2, start, len),
         }
     }
+
+    /// The batch entries `start..start + len` of every tensor.
+    pub fn narrow_batch(&self, start: usize, len: usize) -> Self {
+        Self {
+            q: self.q.clone().narrow(0, start, len),
+            k: self.k.clone().narrow(0, start, len),
+            v: self.v.clone().narrow(0, start, len),
+            i_preact: self.i_preact.clone().narrow(0, start, len),
+            f_preact: self.f_preact.clone().narrow(0, start, len),
+        }
+    }
+
+    /// The groups of batch entries `parts` joined along the batch, in order.
+    pub fn cat_batch(parts: Vec<Self>) -> Self {
+        let cat4 = |f: fn(&Self) -> &Tensor<B, 4>| {
+            Tensor::cat(parts.iter().map(|p| f(p).clone()).collect(), 0)
+        };
+        let cat3 = |f: fn(&Self) -> &Tensor<B, 3>| {
+            Tensor::cat(parts.iter().map(|p| f(p).clone()).collect(), 0)
+        };
+        Self {
+            q: cat4(|p| &p.q),
+            k: cat4(|p| &p.k),
+            v: cat4(|p| &p.v),
+            i_preact: cat3(|p| &p.i_preact),
+            f_preact: cat3(|p| &p.f_preact),
+        }
+    }
 }

@@ -68,4 +68,22 @@ impl<B: Backend> MlstmState<B> {
             m: self.m.detach(),
         }
     }
+
+    /// The batch entries `start..start + len`.
+    pub fn narrow_batch(&self, start: usize, len: usize) -> Self {
+        Self {
+            c: self.c.clone().narrow(0, start, len),
+            n: self.n.clone().narrow(0, start, len),
+            m: self.m.clone().narrow(0, start, len),
+        }
+    }
+
+    /// The states of groups of batch entries `parts` joined along the batch, in order.
+    pub fn cat_batch(parts: Vec<Self>) -> Self {
+        Self {
+            c: Tensor::cat(parts.iter().map(|p| p.c.clone()).collect(), 0),
+            n: Tensor::cat(parts.iter().map(|p| p.n.clone()).collect(), 0),
+            m: Tensor::cat(parts.iter().map(|p| p.m.clone()).collect(), 0),
+        }
+    }
 }

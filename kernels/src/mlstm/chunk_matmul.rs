@@ -1,0 +1,156 @@
+//! The chunkwise mLSTM forward as batched matrix products: TFLA's algorithm (Beck et al. 2025)
+//! written with the backend's ops. The four products (`Kᵀ V` per chunk, `Q Kᵀ`, `(D∘P) V`,
+//! `Q C₀`) run through the backend's matmul in the inputs' float type (on CUDA, bf16 and f16
+//! go to tensor cores); the gates are f32; the two recurrences over chunks (the stabiliser and
+//! the chunk-boundary states) are [`MlstmBackend::mlstm_stabiliser_scan`] and
+//! [`MlstmBackend::mlstm_chunk_scan`], one kernel each on the cube backends.
+//!
+//! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there); the chunk-boundary
+//! states are kept in the inputs' float type between the scan and the output products, as
+//! TFLA keeps them, and the final state is f32 throughout.
+
+use burn::tensor::{Bool, DType, Tensor};
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_cells::CellError;
+use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
+
+use super::backward::segment_sums;
+use super::MlstmBackend;
+
+/// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
+/// a larger batch runs in groups of batch entries.
+const STATES_BYTES: usize = 4 << 30;
+
+/// `h [B, NH, S, DV]` and the final state of the chunkwise form with chunks of `chunk_size`
+/// tokens (the last one padded with tokens that leave the memory as it is), from `state` or the
+/// zero state. Errors name the offending field, as `xlstm_cells::mlstm::chunkwise`'s do.
+pub fn chunkwise_matmul<B: MlstmBackend>(
+    x: &MlstmInputs<B>,
+    state: Option<MlstmState<B>>,
+    chunk_size: usize,
+) -> Result<(Tensor<B, 4>, MlstmState<B>), CellError> {
+    let [b, nh, s, dqk, dv] = x.dims()?;
+    if s == 0 || chunk_size == 0 {
+        // The reference names the offending field.
+        return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+    }
+    let state = match state {
+        Some(state) => {
+            state.check(b, nh, dqk, dv)?;
+            state
+        }
+        None => MlstmState::zeros(b, nh, dqk, dv, &x.q.device()),
+    };
+    let len = chunk_size.min(s);
+    let per_entry = 2 * nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
+    let group = (STATES_BYTES / per_entry.max(1)).clamp(1, b);
+    if group >= b {
+        return Ok(group_forward(x, state, len));
+    }
+    let (mut hs, mut states) = (vec![], vec![]);
+    for first in (0..b).step_by(group) {
+        let n = group.min(b - first);
+        let (h, st) = group_forward(&x.narrow_batch(first, n), state.narrow_batch(first, n), len);
+        hs.push(h);
+        states.push(st);
+    }
+    Ok((Tensor::cat(hs, 0), MlstmState::cat_batch(states)))
+}
+
+/// [`chunkwise_matmul`] for one group of batch entries, `len ≤ S`.
+fn group_forward<B: MlstmBackend>(
+    x: &MlstmInputs<B>,
+    state: MlstmState<B>,
+    len: usize,
+) -> (Tensor<B, 4>, MlstmState<B>) {
+    let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
+    let nc = s.div_ceil(len);
+    let pad = nc * len - s;
+    let dev = x.q.device();
+    let dtype = x.q.dtype();
+    let key_scale = 1.0 / (dqk as f64).sqrt();
+    // Padding tokens as the reference's: ĩ = M_EMPTY, f̃ = -M_EMPTY (log f = 0), q = k = v = 0.
+    let seq4 = |t: Tensor<B, 4>, d: usize| {
+        let t = t.cast(dtype);
+        let t = if pad == 0 {
+            t
+        } else {
+            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(dtype);
+            Tensor::cat(vec![t, zeros], 2)
+        };
+        t.reshape([b, nh, nc, len, d])
+    };
+    let seq3 = |t: Tensor<B, 3>, value: f64| {
+        let t = t.cast(DType::F32);
+        let t = if pad == 0 {
+            t
+        } else {
+            let fill = Tensor::<B, 3>::full([b, nh, pad], value, &dev).cast(DType::F32);
+            Tensor::cat(vec![t, fill], 2)
+        };
+        t.reshape([b, nh, nc, len])
+    };
+    let q = seq4(x.q.clone(), dqk); // [B, NH, NC, L, DQK]
+    let k = seq4(x.k.clone(), dqk);
+    let v = seq4(x.v.clone(), dv); // [B, NH, NC, L, DV]
+    let log_i = seq3(x.i_preact.clone(), M_EMPTY); // [B, NH, NC, L]
+    let log_f = log_forget_gate(seq3(x.f_preact.clone(), -M_EMPTY));
+    let f_cum = log_f.clone().cumsum(3); // F_t
+    let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b * nh, nc]); // F_L
+    let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]
+
+    // Each chunk's own contribution to its end state: ĩ_s + F_L - F_s, stabilised.
+    let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
+    let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
+    let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
+        f_last,
+        m_loc.clone().reshape([b * nh, nc]),
+        state.m.clone().cast(DType::F32).reshape([b * nh]),
+    );
+    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
+    let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
+    let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
+    let kv = k_w.clone().swap_dims(3, 4).matmul(v.clone()); // [B, NH, NC, DQK, DV]
+    let k_sum = k_w.cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
+
+    // The chunk-boundary states: C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ (likewise n).
+    let (c_start, c_end) = B::mlstm_chunk_scan(
+        decay.clone(),
+        kv.reshape([b * nh, nc, dqk * dv]),
+        state.c.clone().cast(DType::F32).reshape([b * nh, dqk * dv]),
+        false,
+    );
+    let (n_start, n_end) = B::mlstm_chunk_scan(
+        decay,
+        k_sum.reshape([b * nh, nc, dqk]),
+        state.n.clone().cast(DType::F32).reshape([b * nh, dqk]),
+        false,
+    );
+    let c_start = c_start.reshape([b, nh, nc, dqk, dv]); // the inputs' float type
+    let n_start = n_start.cast(dtype).reshape([b, nh, nc, dqk, 1]);
+    let m_start = m_all.clone().narrow(1, 0, nc).reshape([b, nh, nc, 1]);
+
+    // The outputs of every chunk: log D_ts = F_t - F_s + ĩ_s (s ≤ t), the start state with
+    // m₀ + F_t, both stabilised by their row maximum stab_t.
+    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &dev);
+    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
+    let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
+    let log_start = (m_start + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
+    let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
+    let scores = q.clone().matmul(k.swap_dims(3, 4)).cast(DType::F32); // q_t·k_s
+    let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
+    let q_start = q * (log_start - stab.clone()).exp().cast(dtype); // e^{m₀+F_t-stab_t} q_t
+    let num = p.clone().cast(dtype).matmul(v) + q_start.clone().matmul(c_start);
+    let qn = p.sum_dim(4) + q_start.matmul(n_start).cast(DType::F32);
+    let h = num / normalizer(qn, stab, EPS).cast(dtype);
+    let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
+    let final_state = MlstmState {
+        c: c_end.reshape([b, nh, dqk, dv]).cast(state.c.dtype()),
+        n: n_end.reshape([b, nh, dqk]).cast(state.n.dtype()),
+        m: m_all
+            .narrow(1, nc, 1)
+            .reshape([b, nh])
+            .cast(state.m.dtype()),
+    };
+    (h, final_state)
+}
