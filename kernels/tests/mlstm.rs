@@ -170,6 +170,29 @@ fn check(what: &str, got: Vec<f64>, want: Vec<f64>, bound: f64) {
     );
 }
 
+/// Runs `case`, keeping its failure message in `failures` rather than stopping at the first, so
+/// that one run on a GPU reports every case that misses its bound.
+fn keep_going(failures: &mut Vec<String>, case: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(case)) {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        failures.push(msg);
+    }
+}
+
+/// Fails with every message in `failures`.
+fn report(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn check_state<B: Backend>(what: &str, got: MlstmState<B>, want: MlstmState<Ref>, bound: f64) {
     check(&format!("{what} C"), values(got.c), values(want.c), bound);
     check(&format!("{what} n"), values(got.n), values(want.n), bound);
@@ -309,13 +332,21 @@ fn bf16_chunkwise<B: MlstmBackend>(dev: &B::Device) {
         eprintln!("bf16 not supported by this backend (WGSL has no bf16): skipped");
         return;
     }
-    chunkwise_case::<B>(dev, 7, [2, 2, 77, 32, 48], 64, true);
+    let mut failures = vec![];
+    keep_going(&mut failures, || {
+        chunkwise_case::<B>(dev, 7, [2, 2, 77, 32, 48], 64, true)
+    });
     for (n, (dims, chunk)) in AWKWARD.iter().enumerate() {
-        chunkwise_case::<B>(dev, 300 + n as u64, *dims, *chunk, true);
+        keep_going(&mut failures, || {
+            chunkwise_case::<B>(dev, 300 + n as u64, *dims, *chunk, true)
+        });
     }
     if large() {
-        chunkwise_case::<B>(dev, 8, [2, 2, 2049, 256, 512], 64, true);
+        keep_going(&mut failures, || {
+            chunkwise_case::<B>(dev, 8, [2, 2, 2049, 256, 512], 64, true)
+        });
     }
+    report(failures);
 }
 
 fn large_chunkwise<B: MlstmBackend>(dev: &B::Device) {
@@ -512,6 +543,8 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
         ([1, 1, 50, 16, 16], 20),
     ];
     let cuda = B::name(dev).to_lowercase().contains("cuda");
+    let bf16 = B::supports_dtype(dev, DType::BF16);
+    let mut bf16_failures = vec![];
     for (n, &(dims, chunk)) in shapes.iter().enumerate() {
         let f_range = if n % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
         let p = Problem::new(70 + n as u64, dims, f_range);
@@ -546,8 +579,33 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                 };
                 check(&what, got, want, bound);
             }
+            if bf16 {
+                // bf16 inputs (f32 state): the tensor-core path where the device has one,
+                // against the f32 reference on the same bf16-rounded inputs.
+                let pb = Problem::new(70 + n as u64, dims, f_range).bf16();
+                let (rx, rs) = tracked::<RA>(&pb, with_state, &Default::default());
+                let out = mlstm::chunkwise(&rx, rs.clone(), chunk).unwrap();
+                let want = loss_grads(&rx, rs, out, &w);
+                let (x, st) = tracked::<A<B>>(&pb, with_state, dev);
+                let half = MlstmInputs {
+                    q: x.q.clone().cast(DType::BF16),
+                    k: x.k.clone().cast(DType::BF16),
+                    v: x.v.clone().cast(DType::BF16),
+                    i_preact: x.i_preact.clone().cast(DType::BF16),
+                    f_preact: x.f_preact.clone().cast(DType::BF16),
+                };
+                let out = A::<B>::mlstm_chunkwise(&half, st.clone(), chunk).unwrap();
+                let got = loss_grads(&x, st, out, &w);
+                let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];
+                for ((name, got), want) in names.iter().zip(got).zip(want) {
+                    let what =
+                        format!("bf16 grad {name} of {dims:?} chunk {chunk} state {with_state}");
+                    keep_going(&mut bf16_failures, || check(&what, got, want, 2e-2));
+                }
+            }
         }
     }
+    report(bf16_failures);
 }
 
 /// The golden `mlstm_cell` cases of the official code through the kernels.

@@ -42,18 +42,25 @@ const STATES_BYTES: usize = 1 << 30;
 /// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given the output
 /// gradients `dh [B, NH, S, DV]` and `dstate` (of the final state). Returns the gradients of the
 /// inputs and of the initial state, each in the float type of its own tensor.
+///
+/// `work` is the float type of the large operands (`q, k, v, dh`, the chunk-boundary states
+/// and their gradients) and of the products between them: f32, or the inputs' half type where
+/// the device multiplies it on tensor cores. Gates, `[L, L]` matrices, row quantities and
+/// inner products are f32 either way.
 pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     chunk_size: usize,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
+    work: DType,
 ) -> (MlstmInputs<B>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
     let len = chunk_size.clamp(1, s);
-    let group = (STATES_BYTES / (nh * (s.div_ceil(len) + 1) * dqk * dv * 4)).clamp(1, b);
+    let per_entry = nh * (s.div_ceil(len) + 1) * dqk * dv * work.size();
+    let group = (STATES_BYTES / per_entry).clamp(1, b);
     if group >= b {
-        return group_backward(x, state, len, dh, dstate);
+        return group_backward(x, state, len, dh, dstate, work);
     }
     let mut parts = vec![];
     for first in (0..b).step_by(group) {
@@ -64,6 +71,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
             len,
             dh.clone().narrow(0, first, n),
             dstate.narrow_batch(first, n),
+            work,
         ));
     }
     let (dx, ds): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
@@ -77,19 +85,22 @@ fn group_backward<B: MlstmBackend>(
     len: usize,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
+    work: DType,
 ) -> (MlstmInputs<B>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
     let nc = s.div_ceil(len);
     let pad = nc * len - s;
     let dev = x.q.device();
     let scale = 1.0 / (dqk as f64).sqrt();
+    let f32 = |t: Tensor<B, 5>| t.cast(DType::F32);
+    let w5 = |t: Tensor<B, 5>| t.cast(work);
     // Padding tokens as the reference's: ĩ = M_EMPTY, f̃ = -M_EMPTY (log f = 0), q = k = v = 0.
     let seq4 = |t: Tensor<B, 4>, d: usize| {
-        let t = t.cast(DType::F32);
+        let t = t.cast(work);
         let t = if pad == 0 {
             t
         } else {
-            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(DType::F32);
+            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(work);
             Tensor::cat(vec![t, zeros], 2)
         };
         t.reshape([b, nh, nc, len, d])
@@ -117,9 +128,10 @@ fn group_backward<B: MlstmBackend>(
     // The chunk-boundary states, recomputed as the forward does.
     let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
-    let k_w = k.clone() * (log_w.clone() - m_loc.clone()).exp().unsqueeze_dim::<5>(4);
-    let kv = k_w.clone().swap_dims(3, 4).matmul(v.clone()); // [B, NH, NC, DQK, DV]
-    let k_sum = k_w.sum_dim(3).reshape([b, nh, nc, dqk]);
+    let k_w = k.clone() * w5((log_w.clone() - m_loc.clone()).exp().unsqueeze_dim::<5>(4));
+    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
+    let kv = mm(k_w.clone().swap_dims(3, 4), v.clone(), work); // [B, NH, NC, DQK, DV]
+    let k_sum = f32(k_w).sum_dim(3).reshape([b, nh, nc, dqk]);
     let m_loc = m_loc.reshape([b, nh, nc]);
     // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
@@ -130,6 +142,7 @@ fn group_backward<B: MlstmBackend>(
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
     let gain = gain.reshape([b, nh, nc]); // e^{m_loc-m₁}
+                                          // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
     let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
         let [_, _, _, d1, d2] = b_c.dims();
         let (out, last) = B::mlstm_chunk_scan(
@@ -145,7 +158,7 @@ fn group_backward<B: MlstmBackend>(
     };
     let gain5 = gain.reshape([b, nh, nc, 1, 1]);
     let (c_start, c_end) = scan(
-        kv * gain5.clone(),
+        kv * w5(gain5.clone()),
         state.c.clone().cast(DType::F32),
         decay.clone(),
         false,
@@ -156,11 +169,12 @@ fn group_backward<B: MlstmBackend>(
         decay.clone(),
         false,
     );
-    let n_start = n_start.reshape([b, nh, nc, dqk]);
+    let n_start = n_start.reshape([b, nh, nc, dqk]); // f32
     let n_end = n_end.reshape([b, nh, dqk]);
     let m_start = m_all.clone().narrow(2, 0, nc);
 
-    // The outputs of every chunk, as the forward computes them.
+    // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
+    // quantities in f32, products of the work type.
     let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &dev);
     let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
     let log_d = (seg + log_i.clone().unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
@@ -170,10 +184,11 @@ fn group_backward<B: MlstmBackend>(
     let stab = row_max.max_pair(log_start.clone());
     let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
     let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
-    let p = q.clone().matmul(k.clone().swap_dims(3, 4)) * a.clone();
-    let qc = q.clone().matmul(c_start.clone()); // q_t C₀, [B, NH, NC, L, DV]
-    let qn0 = q.clone().matmul(n_start.clone().unsqueeze_dim::<5>(4)); // q_t·n₀
-    let num = p.clone().matmul(v.clone()) + qc.clone() * g.clone();
+    let p = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32) * a.clone();
+    let qc = mm(q.clone(), c_start.clone(), DType::F32); // q_t C₀, [B, NH, NC, L, DV]
+    let n_start_w = w5(n_start.clone().unsqueeze_dim::<5>(4));
+    let qn0 = mm(q.clone(), n_start_w, DType::F32); // q_t·n₀
+    let num = mm(w5(p.clone()), v.clone(), DType::F32) + qc.clone() * g.clone();
     let qn = p.clone().sum_dim(4) + qn0.clone() * g.clone();
     let floor = stab.neg().exp();
     let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
@@ -181,25 +196,27 @@ fn group_backward<B: MlstmBackend>(
 
     // Back through the outputs.
     let dh = seq4(dh, dv);
-    let dnum = dh.clone() / den.clone();
+    let dh = f32(dh);
+    let dnum = dh.clone() / den.clone(); // f32
     let dot = (dh * num).sum_dim(4) / den.clone(); // dh_t·h_t
+    let dnum_w = w5(dnum.clone());
     let dqn = (qn.sign() * dot.clone() / den.clone())
         .neg()
         .mask_fill(on_qn.bool_not(), 0.0);
     let dstab = dot.neg() * EPS / den;
-    let dp = dnum.clone().matmul(v.clone().swap_dims(3, 4)) + dqn.clone();
-    let ds = dp.clone() * a;
+    let dp = mm(dnum_w.clone(), v.clone().swap_dims(3, 4), DType::F32) + dqn.clone();
+    let ds = w5(dp.clone() * a);
     let dlog_d =
         dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
-    let dq = ds.clone().matmul(k.clone())
-        + (dnum.clone().matmul(c_start.clone().swap_dims(3, 4))
+    let dq = mm(ds.clone(), k.clone(), DType::F32)
+        + (mm(dnum_w.clone(), c_start.clone().swap_dims(3, 4), DType::F32)
             + dqn.clone() * n_start.clone().unsqueeze_dim::<5>(3))
             * g.clone();
-    let dk = ds.swap_dims(3, 4).matmul(q.clone());
-    let dv_out = p.swap_dims(3, 4).matmul(dnum.clone());
-    let gq = q * g.clone();
-    let dc_intra = gq.clone().swap_dims(3, 4).matmul(dnum.clone()); // [B, NH, NC, DQK, DV]
-    let dn_intra = (gq * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
+    let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
+    let dv_out = mm(w5(p).swap_dims(3, 4), dnum_w.clone(), DType::F32);
+    let gq = q * w5(g.clone());
+    let dc_intra = mm(gq.clone().swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
+    let dn_intra = (f32(gq) * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
     let dg = (qc * dnum).sum_dim(4) + dqn * qn0;
     let dlog_start =
         (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
@@ -215,10 +232,11 @@ fn group_backward<B: MlstmBackend>(
         true,
     );
     let dn_end = dn_end.reshape([b, nh, nc, dqk]);
-    // ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ and ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ of every chunk.
+    // ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ and ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ of every chunk, in f32.
     let inner = |dc: Tensor<B, 5>, dn: Tensor<B, 4>, c: Tensor<B, 5>, n: Tensor<B, 4>| {
         let [_, _, k, _, _] = dc.dims();
-        (dc * c).sum_dim(4).sum_dim(3).reshape([b, nh, k]) + (dn * n).sum_dim(3).reshape([b, nh, k])
+        (f32(dc) * f32(c)).sum_dim(4).sum_dim(3).reshape([b, nh, k])
+            + (dn * n).sum_dim(3).reshape([b, nh, k])
     };
     let with_end = inner(
         dc_end.clone().narrow(2, nc - 1, 1),
@@ -264,10 +282,13 @@ fn group_backward<B: MlstmBackend>(
     let w = (log_w - m_all.narrow(2, 1, nc).unsqueeze_dim::<4>(3))
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let dk_state =
-        (v.matmul(dc_end.clone().swap_dims(3, 4)) + dn_end.unsqueeze_dim::<5>(3)) * w.clone();
-    let dv_state = (k.clone() * w).matmul(dc_end);
-    let dlog_w = (k * dk_state.clone()).sum_dim(4).reshape([b, nh, nc, len])
+    let dk_state = (mm(v, dc_end.clone().swap_dims(3, 4), DType::F32)
+        + dn_end.unsqueeze_dim::<5>(3))
+        * w.clone();
+    let dv_state = mm(k.clone() * w5(w), dc_end, DType::F32);
+    let dlog_w = (f32(k) * dk_state.clone())
+        .sum_dim(4)
+        .reshape([b, nh, nc, len])
         + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
@@ -490,7 +511,8 @@ mod tests {
                 n: wn.inner(),
                 m: wm.inner(),
             };
-            let (dx, ds) = chunkwise_backward(&inner, state0, chunk, wh.inner(), dstate);
+            let (dx, ds) =
+                chunkwise_backward(&inner, state0, chunk, wh.inner(), dstate, DType::F32);
             let mut pairs = vec![
                 ("q", vals(dx.q), vals(x.q.grad(&grads).unwrap())),
                 ("k", vals(dx.k), vals(x.k.grad(&grads).unwrap())),

@@ -1,9 +1,11 @@
 //! The chunkwise mLSTM forward as batched matrix products: TFLA's algorithm (Beck et al. 2025)
 //! written with the backend's ops. The four products (`Kᵀ V` per chunk, `Q Kᵀ`, `(D∘P) V`,
-//! `Q C₀`) run through the backend's matmul in the inputs' float type (on CUDA, bf16 and f16
-//! go to tensor cores); the gates are f32; the two recurrences over chunks (the stabiliser and
-//! the chunk-boundary states) are [`MlstmBackend::mlstm_stabiliser_scan`] and
-//! [`MlstmBackend::mlstm_chunk_scan`], one kernel each on the cube backends.
+//! `Q C₀`) run through [`MlstmBackend::mlstm_matmul`] on operands of the inputs' float type (on
+//! CUDA, bf16 and f16 go to tensor cores) with f32 results, except `Kᵀ V`, which feeds the
+//! chunk-boundary states in the inputs' type. The gates are f32. The two recurrences over
+//! chunks (the stabiliser and the chunk-boundary states) are
+//! [`MlstmBackend::mlstm_stabiliser_scan`] and [`MlstmBackend::mlstm_chunk_scan`], one kernel
+//! each on the cube backends.
 //!
 //! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there); the chunk-boundary
 //! states are kept in the inputs' float type between the scan and the output products, as
@@ -110,7 +112,7 @@ fn group_forward<B: MlstmBackend>(
     // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
     let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
     let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
-    let kv = k_w.clone().swap_dims(3, 4).matmul(v.clone()); // [B, NH, NC, DQK, DV]
+    let kv = B::mlstm_matmul(k_w.clone().swap_dims(3, 4), v.clone(), dtype); // [B, NH, NC, DQK, DV]
     let k_sum = k_w.cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
 
     // The chunk-boundary states: C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ (likewise n).
@@ -137,12 +139,13 @@ fn group_forward<B: MlstmBackend>(
     let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
     let log_start = (m_start + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
     let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
-    let scores = q.clone().matmul(k.swap_dims(3, 4)).cast(DType::F32); // q_t·k_s
+    let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
     let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
     let q_start = q * (log_start - stab.clone()).exp().cast(dtype); // e^{m₀+F_t-stab_t} q_t
-    let num = p.clone().cast(dtype).matmul(v) + q_start.clone().matmul(c_start);
-    let qn = p.sum_dim(4) + q_start.matmul(n_start).cast(DType::F32);
-    let h = num / normalizer(qn, stab, EPS).cast(dtype);
+    let num = B::mlstm_matmul(p.clone().cast(dtype), v, DType::F32)
+        + B::mlstm_matmul(q_start.clone(), c_start, DType::F32);
+    let qn = p.sum_dim(4) + B::mlstm_matmul(q_start, n_start, DType::F32);
+    let h = (num / normalizer(qn, stab, EPS)).cast(dtype);
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
         c: c_end.reshape([b, nh, dqk, dv]).cast(state.c.dtype()),

@@ -305,6 +305,48 @@ where
         ))
     }
 
+    /// The backward in tensor ops (`backward.rs`), its large products on tensor cores where the
+    /// forward ran as batched matmuls (half-type inputs), else in f32.
+    fn mlstm_chunkwise_backward(
+        x: &MlstmInputs<Self>,
+        state: MlstmState<Self>,
+        chunk_size: usize,
+        dh: Tensor<Self, 4>,
+        dstate: MlstmState<Self>,
+    ) -> (MlstmInputs<Self>, MlstmState<Self>) {
+        let dtype = x.q.dtype();
+        let client = x.q.clone().into_primitive().tensor().client;
+        let work = if tensor_cores(&client, dtype) {
+            dtype
+        } else {
+            DType::F32
+        };
+        super::backward::chunkwise_backward(x, state, chunk_size, dh, dstate, work)
+    }
+
+    fn mlstm_matmul(lhs: Tensor<Self, 5>, rhs: Tensor<Self, 5>, out: DType) -> Tensor<Self, 5> {
+        let [.., m, k] = lhs.dims();
+        let n = rhs.dims()[4];
+        let dtype = lhs.dtype();
+        let client = lhs.clone().into_primitive().tensor().client;
+        // Tensor cores take 16×16×16 tiles: thinner products (a vector, a one-token chunk) are
+        // cheap in f32.
+        if m.min(n).min(k) < 16 || rhs.dtype() != dtype || !tensor_cores(&client, dtype) {
+            return lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out);
+        }
+        let product = burn_cubecl::kernel::matmul::matmul(
+            lhs.clone().into_primitive().tensor(),
+            rhs.clone().into_primitive().tensor(),
+            None,
+            burn_cubecl::kernel::matmul::MatmulStrategy::default(),
+            out,
+        );
+        match product {
+            Ok(t) => wrap(t),
+            Err(_) => lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out),
+        }
+    }
+
     fn mlstm_chunk_scan(
         a: Tensor<Self, 2>,
         b: Tensor<Self, 3>,

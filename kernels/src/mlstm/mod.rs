@@ -23,7 +23,7 @@ pub use chunk_matmul::chunkwise_matmul;
 pub use cube::DEFAULT_CHUNK;
 
 use burn::backend::NdArray;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState};
 use xlstm_cells::CellError;
 
@@ -56,7 +56,7 @@ pub trait MlstmBackend: Backend {
         dh: Tensor<Self, 4>,
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
-        backward::chunkwise_backward(x, state, chunk_size, dh, dstate)
+        backward::chunkwise_backward(x, state, chunk_size, dh, dstate, DType::F32)
     }
 
     /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over
@@ -70,6 +70,13 @@ pub trait MlstmBackend: Backend {
         reverse: bool,
     ) -> (Tensor<Self, 3>, Tensor<Self, 2>) {
         backward::chunk_scan(a, b, x0, reverse)
+    }
+
+    /// `lhs @ rhs` over the last two dims (leading dims batched, equal), accumulated in f32
+    /// from operands of one float type, the result in `out`. The default multiplies in f32;
+    /// the cube backends put half-type operands on tensor cores.
+    fn mlstm_matmul(lhs: Tensor<Self, 5>, rhs: Tensor<Self, 5>, out: DType) -> Tensor<Self, 5> {
+        lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out)
     }
 
     /// The stabiliser of every chunk boundary: from `m = m0 [G]`, per chunk `c`,
