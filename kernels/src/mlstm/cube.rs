@@ -133,10 +133,25 @@ fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// Smallest side of a product that goes to tensor cores (their tiles are 16×16×16).
+const TENSOR_CORE_TILE: usize = 16;
+
+/// Whether the chunkwise form with chunks of `len` tokens, `[DQK, DV]` states and inputs of
+/// `dtype` runs as batched matrix products on tensor cores (`chunk_matmul.rs`): a half type
+/// that the device multiplies there, and products no thinner than a tile. Everything else
+/// keeps the fused kernels (exact f32; a matmul of f32 operands on CUDA rounds through TF32).
+fn tensor_core_chunks<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    len: usize,
+    dqk: usize,
+    dv: usize,
+) -> bool {
+    len.min(dqk).min(dv) >= TENSOR_CORE_TILE && tensor_cores(client, dtype)
+}
+
 /// Whether `dtype` is a half type that the device multiplies on tensor cores (`cmma`; CUDA
-/// lists bf16 and f16, WGSL nothing). Such inputs run the chunkwise form as batched matrix
-/// products (`chunk_matmul.rs`); f32 keeps the fused kernels, which are exact in f32 where
-/// the matmul would round through TF32.
+/// lists bf16 and f16, WGSL nothing).
 fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
     if !matches!(dtype, DType::BF16 | DType::F16) {
         return false;
@@ -193,7 +208,7 @@ where
             DEFAULT_CHUNK
         };
         let shared = x.q.clone().into_primitive().tensor();
-        if tensor_cores(&shared.client, dtype) {
+        if tensor_core_chunks(&shared.client, dtype, chunk_size.min(s), dqk, dv) {
             return super::chunkwise_matmul(x, Some(state), chunk_size);
         }
         let limit = shared.client.properties().hardware.max_shared_memory_size;
@@ -316,7 +331,8 @@ where
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
         let dtype = x.q.dtype();
         let client = x.q.clone().into_primitive().tensor().client;
-        let work = if tensor_cores(&client, dtype) {
+        let [_, _, s, dqk, dv] = x.dims().expect("checked by the forward");
+        let work = if tensor_core_chunks(&client, dtype, chunk_size.clamp(1, s), dqk, dv) {
             dtype
         } else {
             DType::F32
@@ -329,9 +345,11 @@ where
         let n = rhs.dims()[4];
         let dtype = lhs.dtype();
         let client = lhs.clone().into_primitive().tensor().client;
-        // Tensor cores take 16×16×16 tiles: thinner products (a vector, a one-token chunk) are
-        // cheap in f32.
-        if m.min(n).min(k) < 16 || rhs.dtype() != dtype || !tensor_cores(&client, dtype) {
+        // Thinner products than a tile (a vector, a short chunk) are cheap in f32.
+        if m.min(n).min(k) < TENSOR_CORE_TILE
+            || rhs.dtype() != dtype
+            || !tensor_cores(&client, dtype)
+        {
             return lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out);
         }
         let product = burn_cubecl::kernel::matmul::matmul(
