@@ -245,12 +245,13 @@ fn chunkwise_case_of<B: MlstmBackend>(
 
         let mut x = p.inputs::<B>(dev);
         if bf16 {
+            let half = half_type::<B>(dev).expect("checked by the caller");
             x = MlstmInputs {
-                q: x.q.cast(DType::BF16),
-                k: x.k.cast(DType::BF16),
-                v: x.v.cast(DType::BF16),
-                i_preact: x.i_preact.cast(DType::BF16),
-                f_preact: x.f_preact.cast(DType::BF16),
+                q: x.q.cast(half),
+                k: x.k.cast(half),
+                v: x.v.cast(half),
+                i_preact: x.i_preact.cast(half),
+                f_preact: x.f_preact.cast(half),
             };
         }
         let s = with_state.then(|| p.state::<B>(dev));
@@ -327,9 +328,17 @@ fn random_chunkwise<B: MlstmBackend>(dev: &B::Device) {
     }
 }
 
+/// The half type that bf16-rounded problems run in: bf16 where the backend has it, else f16
+/// (WGSL, e.g. lavapipe; bf16-rounded values of these magnitudes are exact in f16).
+fn half_type<B: Backend>(dev: &B::Device) -> Option<DType> {
+    [DType::BF16, DType::F16]
+        .into_iter()
+        .find(|&t| B::supports_dtype(dev, t))
+}
+
 fn bf16_chunkwise<B: MlstmBackend>(dev: &B::Device) {
-    if !B::supports_dtype(dev, DType::BF16) {
-        eprintln!("bf16 not supported by this backend (WGSL has no bf16): skipped");
+    if half_type::<B>(dev).is_none() {
+        eprintln!("neither bf16 nor f16 on this backend: skipped");
         return;
     }
     let mut failures = vec![];
@@ -505,7 +514,8 @@ fn loss_grads<A: burn::tensor::backend::AutodiffBackend>(
     let dev = h.device();
     let [b, nh, s, dv] = h.dims();
     let dqk = x.q.dims()[3];
-    let loss = (h * tensor::<A, 4>(&w[0], [b, nh, s, dv], &dev)).sum()
+    // In f32: h is of the inputs' type, the weights f32.
+    let loss = (h.cast(DType::F32) * tensor::<A, 4>(&w[0], [b, nh, s, dv], &dev)).sum()
         + (end.c * tensor::<A, 4>(&w[1], [b, nh, dqk, dv], &dev)).sum()
         + (end.n * tensor::<A, 3>(&w[2], [b, nh, dqk], &dev)).sum()
         + (end.m * tensor::<A, 2>(&w[3], [b, nh], &dev)).sum();
@@ -543,7 +553,7 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
         ([1, 1, 50, 16, 16], 20),
     ];
     let cuda = B::name(dev).to_lowercase().contains("cuda");
-    let bf16 = B::supports_dtype(dev, DType::BF16);
+    let half_type = half_type::<B>(dev);
     let mut bf16_failures = vec![];
     for (n, &(dims, chunk)) in shapes.iter().enumerate() {
         let f_range = if n % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
@@ -579,8 +589,8 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                 };
                 check(&what, got, want, bound);
             }
-            if bf16 {
-                // bf16 inputs (f32 state): the tensor-core path where the device has one,
+            if let Some(half_type) = half_type {
+                // Half-type inputs (f32 state): the tensor-core path where the device has one,
                 // against the f32 reference on the same bf16-rounded inputs.
                 let pb = Problem::new(70 + n as u64, dims, f_range).bf16();
                 let (rx, rs) = tracked::<RA>(&pb, with_state, &Default::default());
@@ -588,18 +598,19 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                 let want = loss_grads(&rx, rs, out, &w);
                 let (x, st) = tracked::<A<B>>(&pb, with_state, dev);
                 let half = MlstmInputs {
-                    q: x.q.clone().cast(DType::BF16),
-                    k: x.k.clone().cast(DType::BF16),
-                    v: x.v.clone().cast(DType::BF16),
-                    i_preact: x.i_preact.clone().cast(DType::BF16),
-                    f_preact: x.f_preact.clone().cast(DType::BF16),
+                    q: x.q.clone().cast(half_type),
+                    k: x.k.clone().cast(half_type),
+                    v: x.v.clone().cast(half_type),
+                    i_preact: x.i_preact.clone().cast(half_type),
+                    f_preact: x.f_preact.clone().cast(half_type),
                 };
                 let out = A::<B>::mlstm_chunkwise(&half, st.clone(), chunk).unwrap();
                 let got = loss_grads(&x, st, out, &w);
                 let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];
                 for ((name, got), want) in names.iter().zip(got).zip(want) {
-                    let what =
-                        format!("bf16 grad {name} of {dims:?} chunk {chunk} state {with_state}");
+                    let what = format!(
+                        "{half_type:?} grad {name} of {dims:?} chunk {chunk} state {with_state}"
+                    );
                     keep_going(&mut bf16_failures, || check(&what, got, want, 2e-2));
                 }
             }
