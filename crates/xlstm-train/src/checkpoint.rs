@@ -28,13 +28,37 @@ pub struct TrainState {
     pub schedule: WarmupCosine,
 }
 
+/// The layout of the tensors in `model.mpk` that this build writes and reads. 2: the weights
+/// multiplied from the right are stored `[.., in, out]` (`Linear`, `LinearHeadwise`, the sLSTM
+/// recurrent kernel). Format 1 (no `format` field in `state.json`) stored them `[.., out, in]`;
+/// its square head-wise blocks would load transposed without an error, so it is refused.
+pub const FORMAT: u32 = 2;
+
 /// The contents of `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateFile {
+    /// The checkpoint [`FORMAT`] (1 where the field is missing: written before it existed).
+    #[serde(default = "format_one")]
+    pub format: u32,
     /// Loop state.
     pub state: TrainState,
     /// Whatever the caller stores (model config, task, training settings).
     pub meta: serde_json::Value,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
+impl StateFile {
+    /// The state file of a checkpoint written by this build.
+    pub fn new(state: TrainState, meta: serde_json::Value) -> Self {
+        Self {
+            format: FORMAT,
+            state,
+            meta,
+        }
+    }
 }
 
 const LATEST: &str = "LATEST";
@@ -112,8 +136,72 @@ pub fn read_state(dir: &Path) -> Result<StateFile, TrainError> {
     let path = dir.join("state.json");
     let text =
         std::fs::read_to_string(&path).map_err(|e| TrainError::io("cannot read", &path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Record {
-        path,
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| TrainError::Record {
+        path: path.clone(),
         message: e.to_string(),
-    })
+    })?;
+    if file.format != FORMAT {
+        return Err(TrainError::Record {
+            path,
+            message: format!(
+                "checkpoint format {} (field `format`), this build reads format {FORMAT} only: \
+                 format 1 stored projection weights [out, in] and would load transposed; \
+                 train again from scratch with this build",
+                file.format
+            ),
+        });
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xlstm-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn state() -> TrainState {
+        TrainState {
+            step: 7,
+            examples_seen: 224,
+            skipped_steps: 1,
+            seed: 42,
+            schedule: WarmupCosine {
+                warmup_steps: 2,
+                decay_until_step: 10,
+                max_lr: 1e-3,
+                min_lr: 1e-4,
+            },
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_this_build_reads_back() {
+        let d = dir("roundtrip");
+        let file = StateFile::new(state(), serde_json::json!({"task": "parity"}));
+        let text = serde_json::to_string_pretty(&file).unwrap();
+        write_atomic(&d.join("state.json"), text.as_bytes()).unwrap();
+        let back = read_state(&d).unwrap();
+        assert_eq!(back.format, FORMAT);
+        assert_eq!(back.state, state());
+        assert_eq!(back.meta["task"], "parity");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_format_is_refused_by_name() {
+        let d = dir("format1");
+        // What builds before the [in, out] weight layout wrote: no `format` field.
+        let old = serde_json::json!({"state": state(), "meta": {}});
+        std::fs::write(d.join("state.json"), old.to_string()).unwrap();
+        let err = read_state(&d).unwrap_err().to_string();
+        assert!(err.contains("format 1"), "{err}");
+        assert!(err.contains("`format`"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -219,7 +219,7 @@ where
     ) -> Result<(Self, serde_json::Value), TrainError> {
         config.validate()?;
         let dir = checkpoint::latest(dir)?;
-        let StateFile { state, meta } = checkpoint::read_state(&dir)?;
+        let StateFile { state, meta, .. } = checkpoint::read_state(&dir)?;
         let rec = Rec::new();
         let model_path = dir.join("model");
         let record = Recorder::<B>::load(&rec, model_path.clone(), &device).map_err(|e| {
@@ -440,10 +440,7 @@ where
             let optim_path = dir.join("optim");
             Recorder::<B>::record(&rec, self.optim.to_record(), optim_path.clone())
                 .map_err(|e| record_err(optim_path, e))?;
-            let state = StateFile {
-                state: self.state.clone(),
-                meta: meta.clone(),
-            };
+            let state = StateFile::new(self.state.clone(), meta.clone());
             let text = serde_json::to_string_pretty(&state).expect("state serialises");
             checkpoint::write_atomic(&dir.join("state.json"), text.as_bytes())
         })
