@@ -7,6 +7,7 @@
 
 pub mod dense;
 pub mod mlstm;
+mod scalar;
 pub mod slstm;
 
 pub use dense::DenseBackend;

@@ -15,6 +15,8 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use xlstm_cells::mlstm::{check_step, MlstmState, EPS};
 use xlstm_cells::CellError;
 
+use crate::scalar::log_sigmoid;
+
 type Cpu = NdArray<f32>;
 
 /// The values of a small input, row-major.
@@ -41,15 +43,6 @@ fn owned<const D: usize>(t: Tensor<Cpu, D>) -> SharedArray<f32> {
 
 fn tensor<const D: usize>(array: SharedArray<f32>) -> Tensor<Cpu, D> {
     Tensor::from_primitive(TensorPrimitive::Float(NdArrayTensor::from(array)))
-}
-
-/// `log σ(x)` without overflow.
-fn log_sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        -(-x).exp().ln_1p()
-    } else {
-        x - x.exp().ln_1p()
-    }
 }
 
 /// Whether [`step`] takes these operands (all f32; else the caller runs the reference).

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use xlstm_cells::slstm::GATES;
 
 use super::{recurrent_grads, SlstmFused, SlstmFusedGrads, SlstmSaved};
+use crate::scalar::{log_sigmoid, sigmoid};
 
 type Cpu = NdArray<f32>;
 
@@ -39,15 +40,6 @@ fn device<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Cp
     Tensor::<Cpu, D>::from_data(data, &Default::default())
         .into_primitive()
         .tensor()
-}
-
-/// `log σ(x)` without overflow.
-fn log_sigmoid(x: f32) -> f32 {
-    x.min(0.0) - (-x.abs()).exp().ln_1p()
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// Sizes of one call.
