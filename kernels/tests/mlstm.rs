@@ -245,14 +245,7 @@ fn chunkwise_case_of<B: MlstmBackend>(
 
         let mut x = p.inputs::<B>(dev);
         if bf16 {
-            let half = half_type::<B>(dev).expect("checked by the caller");
-            x = MlstmInputs {
-                q: x.q.cast(half),
-                k: x.k.cast(half),
-                v: x.v.cast(half),
-                i_preact: x.i_preact.cast(half),
-                f_preact: x.f_preact.cast(half),
-            };
+            x = cast_inputs(x, half_type::<B>(dev).expect("checked by the caller"));
         }
         let s = with_state.then(|| p.state::<B>(dev));
         let (h, state) = run(&x, s, chunk).unwrap();
@@ -325,6 +318,17 @@ fn random_chunkwise<B: MlstmBackend>(dev: &B::Device) {
         let s = 1 + r.below(max_s);
         let chunk = [16, 32, 64][r.below(3)];
         chunkwise_case::<B>(dev, 100 + n, [b, nh, s, dqk, dv], chunk, false);
+    }
+}
+
+/// The five inputs in float type `dtype`.
+fn cast_inputs<B: Backend>(x: MlstmInputs<B>, dtype: DType) -> MlstmInputs<B> {
+    MlstmInputs {
+        q: x.q.cast(dtype),
+        k: x.k.cast(dtype),
+        v: x.v.cast(dtype),
+        i_preact: x.i_preact.cast(dtype),
+        f_preact: x.f_preact.cast(dtype),
     }
 }
 
@@ -597,13 +601,7 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                 let out = mlstm::chunkwise(&rx, rs.clone(), chunk).unwrap();
                 let want = loss_grads(&rx, rs, out, &w);
                 let (x, st) = tracked::<A<B>>(&pb, with_state, dev);
-                let half = MlstmInputs {
-                    q: x.q.clone().cast(half_type),
-                    k: x.k.clone().cast(half_type),
-                    v: x.v.clone().cast(half_type),
-                    i_preact: x.i_preact.clone().cast(half_type),
-                    f_preact: x.f_preact.clone().cast(half_type),
-                };
+                let half = cast_inputs(x.clone(), half_type);
                 let out = A::<B>::mlstm_chunkwise(&half, st.clone(), chunk).unwrap();
                 let got = loss_grads(&x, st, out, &w);
                 let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];

@@ -95,13 +95,7 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
         // The reference names the offending field.
         return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
     }
-    let state = match state {
-        Some(state) => {
-            state.check(b, nh, dqk, dv)?;
-            state
-        }
-        None => MlstmState::zeros(b, nh, dqk, dv, &x.q.device()),
-    };
+    let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
     let dtype = x.q.dtype();
     let inner_x = MlstmInputs {
         q: x.q.clone().inner(),

@@ -34,6 +34,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
+use super::chunked::{chunks, segment_sums, Chunked};
 use super::MlstmBackend;
 
 /// Bound on the f32 chunk-boundary states kept at once (bytes); larger batches run in groups.
@@ -89,37 +90,18 @@ fn group_backward<B: MlstmBackend>(
 ) -> (MlstmInputs<B>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
     let nc = s.div_ceil(len);
-    let pad = nc * len - s;
     let dev = x.q.device();
     let scale = 1.0 / (dqk as f64).sqrt();
     let f32 = |t: Tensor<B, 5>| t.cast(DType::F32);
     let w5 = |t: Tensor<B, 5>| t.cast(work);
-    // Padding tokens as the reference's: ĩ = M_EMPTY, f̃ = -M_EMPTY (log f = 0), q = k = v = 0.
-    let seq4 = |t: Tensor<B, 4>, d: usize| {
-        let t = t.cast(work);
-        let t = if pad == 0 {
-            t
-        } else {
-            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(work);
-            Tensor::cat(vec![t, zeros], 2)
-        };
-        t.reshape([b, nh, nc, len, d])
-    };
-    let seq3 = |t: Tensor<B, 3>, value: f64| {
-        let t = t.cast(DType::F32);
-        let t = if pad == 0 {
-            t
-        } else {
-            let fill = Tensor::<B, 3>::full([b, nh, pad], value, &dev).cast(DType::F32);
-            Tensor::cat(vec![t, fill], 2)
-        };
-        t.reshape([b, nh, nc, len])
-    };
-    let q = seq4(x.q.clone(), dqk); // [B, NH, NC, L, DQK]
-    let k = seq4(x.k.clone(), dqk) * scale;
-    let v = seq4(x.v.clone(), dv); // [B, NH, NC, L, DV]
-    let log_i = seq3(x.i_preact.clone(), M_EMPTY); // [B, NH, NC, L]
-    let f_pre = seq3(x.f_preact.clone(), -M_EMPTY);
+    let Chunked {
+        q, // [B, NH, NC, L, DQK]
+        k,
+        v,     // [B, NH, NC, L, DV]
+        log_i, // [B, NH, NC, L]
+        f_pre,
+    } = Chunked::new(x, len, work);
+    let k = k * scale;
     let log_f = log_forget_gate(f_pre.clone());
     let f_cum = log_f.clone().cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
@@ -195,7 +177,7 @@ fn group_backward<B: MlstmBackend>(
     let on_qn = qn.clone().abs().greater_equal(floor);
 
     // Back through the outputs.
-    let dh = seq4(dh, dv);
+    let dh = chunks(dh, len, work);
     let dh = f32(dh);
     let dnum = dh.clone() / den.clone(); // f32
     let dot = (dh * num).sum_dim(4) / den.clone(); // dh_t·h_t
@@ -347,6 +329,15 @@ pub(crate) fn chunk_scan<B: Backend>(
     (Tensor::stack::<3>(out, 1).cast(dtype), x)
 }
 
+/// The f32 form of [`MlstmBackend::mlstm_matmul`]: both operands in f32, the result in `out`.
+pub(crate) fn matmul_in_f32<B: Backend>(
+    lhs: Tensor<B, 5>,
+    rhs: Tensor<B, 5>,
+    out: DType,
+) -> Tensor<B, 5> {
+    lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out)
+}
+
 /// The tensor-op form of [`MlstmBackend::mlstm_stabiliser_scan`]: one step per chunk.
 pub(crate) fn stabiliser_scan<B: Backend>(
     f_last: Tensor<B, 2>,
@@ -369,24 +360,6 @@ pub(crate) fn stabiliser_scan<B: Backend>(
         Tensor::cat(decays, 1),
         Tensor::cat(gains, 1),
     )
-}
-
-/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,
-/// summed term by term as the reference does.
-pub(crate) fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
-    let [b, nh, nc, len] = log_f.dims();
-    let above_or_on_diagonal: Tensor<B, 2, Bool> =
-        Tensor::tril_mask([len, len], -1, &log_f.device());
-    log_f
-        .unsqueeze_dim::<5>(4)
-        .expand([b, nh, nc, len, len])
-        .mask_fill(
-            above_or_on_diagonal
-                .unsqueeze::<5>()
-                .expand([b, nh, nc, len, len]),
-            0.0,
-        )
-        .cumsum(3)
 }
 
 /// `1` at `index` along the last axis (of size `len`), f32: where a max sends its gradient.

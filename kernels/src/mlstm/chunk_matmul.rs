@@ -16,7 +16,7 @@ use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
 
-use super::backward::segment_sums;
+use super::chunked::{segment_sums, Chunked};
 use super::MlstmBackend;
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
@@ -36,13 +36,7 @@ pub fn chunkwise_matmul<B: MlstmBackend>(
         // The reference names the offending field.
         return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
     }
-    let state = match state {
-        Some(state) => {
-            state.check(b, nh, dqk, dv)?;
-            state
-        }
-        None => MlstmState::zeros(b, nh, dqk, dv, &x.q.device()),
-    };
+    let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
     let len = chunk_size.min(s);
     let per_entry = 2 * nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
     let group = (STATES_BYTES / per_entry.max(1)).clamp(1, b);
@@ -67,36 +61,17 @@ fn group_forward<B: MlstmBackend>(
 ) -> (Tensor<B, 4>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
     let nc = s.div_ceil(len);
-    let pad = nc * len - s;
     let dev = x.q.device();
     let dtype = x.q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
-    // Padding tokens as the reference's: ĩ = M_EMPTY, f̃ = -M_EMPTY (log f = 0), q = k = v = 0.
-    let seq4 = |t: Tensor<B, 4>, d: usize| {
-        let t = t.cast(dtype);
-        let t = if pad == 0 {
-            t
-        } else {
-            let zeros = Tensor::<B, 4>::zeros([b, nh, pad, d], &dev).cast(dtype);
-            Tensor::cat(vec![t, zeros], 2)
-        };
-        t.reshape([b, nh, nc, len, d])
-    };
-    let seq3 = |t: Tensor<B, 3>, value: f64| {
-        let t = t.cast(DType::F32);
-        let t = if pad == 0 {
-            t
-        } else {
-            let fill = Tensor::<B, 3>::full([b, nh, pad], value, &dev).cast(DType::F32);
-            Tensor::cat(vec![t, fill], 2)
-        };
-        t.reshape([b, nh, nc, len])
-    };
-    let q = seq4(x.q.clone(), dqk); // [B, NH, NC, L, DQK]
-    let k = seq4(x.k.clone(), dqk);
-    let v = seq4(x.v.clone(), dv); // [B, NH, NC, L, DV]
-    let log_i = seq3(x.i_preact.clone(), M_EMPTY); // [B, NH, NC, L]
-    let log_f = log_forget_gate(seq3(x.f_preact.clone(), -M_EMPTY));
+    let Chunked {
+        q, // [B, NH, NC, L, DQK]
+        k,
+        v,     // [B, NH, NC, L, DV]
+        log_i, // [B, NH, NC, L]
+        f_pre,
+    } = Chunked::new(x, len, dtype);
+    let log_f = log_forget_gate(f_pre);
     let f_cum = log_f.clone().cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b * nh, nc]); // F_L
     let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]

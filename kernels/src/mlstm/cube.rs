@@ -166,21 +166,6 @@ fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool
         .any(|mma| mma.a_type == elem && mma.b_type == elem)
 }
 
-/// The state to start from in the inputs' batch/head/size, in a float type of its own.
-fn start_state<B: MlstmBackend>(
-    state: Option<MlstmState<B>>,
-    [b, nh, dqk, dv]: [usize; 4],
-    device: &B::Device,
-) -> Result<MlstmState<B>, CellError> {
-    match state {
-        Some(state) => {
-            state.check(b, nh, dqk, dv)?;
-            Ok(state)
-        }
-        None => Ok(MlstmState::zeros(b, nh, dqk, dv, device)),
-    }
-}
-
 impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -199,7 +184,7 @@ where
         if s == 0 || chunk_size == 0 {
             return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
         }
-        let state = start_state(state, [b, nh, dqk, dv], &x.q.device())?;
+        let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
         let dtype = x.q.dtype();
         let state_dtype = state.c.dtype();
         let requested = if CHUNKS.contains(&chunk_size) {
@@ -350,7 +335,7 @@ where
             || rhs.dtype() != dtype
             || !tensor_cores(&client, dtype)
         {
-            return lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out);
+            return super::backward::matmul_in_f32(lhs, rhs, out);
         }
         let product = burn_cubecl::kernel::matmul::matmul(
             lhs.clone().into_primitive().tensor(),
@@ -361,7 +346,7 @@ where
         );
         match product {
             Ok(t) => wrap(t),
-            Err(_) => lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out),
+            Err(_) => super::backward::matmul_in_f32(lhs, rhs, out),
         }
     }
 
@@ -393,7 +378,7 @@ where
             out.clone().into_tensor_arg(),
             last.clone().into_tensor_arg(),
             reverse,
-            [dtype.into(), dtype.into()],
+            dtype.into(),
         );
         (wrap(out), wrap(last))
     }
@@ -447,7 +432,7 @@ where
             // The reference names the offending field.
             return xlstm_cells::mlstm::step(q, k, v, i_preact, f_preact, state);
         }
-        let state = start_state(state, [b, nh, dqk, dv], &q.device())?;
+        let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &q.device())?;
         let dtype = q.dtype();
         let state_dtype = state.c.dtype();
         let tiles = dv.div_ceil(TILE_V as usize);

@@ -10,6 +10,7 @@ mod backward;
 #[cfg(feature = "cube")]
 mod chunk_kernel;
 mod chunk_matmul;
+mod chunked;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
@@ -76,7 +77,7 @@ pub trait MlstmBackend: Backend {
     /// from operands of one float type, the result in `out`. The default multiplies in f32;
     /// the cube backends put half-type operands on tensor cores.
     fn mlstm_matmul(lhs: Tensor<Self, 5>, rhs: Tensor<Self, 5>, out: DType) -> Tensor<Self, 5> {
-        lhs.cast(DType::F32).matmul(rhs.cast(DType::F32)).cast(out)
+        backward::matmul_in_f32(lhs, rhs, out)
     }
 
     /// The stabiliser of every chunk boundary: from `m = m0 [G]`, per chunk `c`,

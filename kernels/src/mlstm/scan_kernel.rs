@@ -8,17 +8,17 @@ use cubecl::prelude::*;
 
 /// One unit per `(g, e)` of `x [G, E]` walks the chunks and writes `out[g, c, e]`, the value
 /// of `x` before step `c`, then `last[g, e]`, the value after the final step. `x` is f32 inside;
-/// `b` and `out` may be any float type (the forward keeps the chunk-boundary states in the
-/// inputs' type).
+/// `b` and `out` share a float type of their own (the forward keeps the chunk-boundary states
+/// in the inputs' type).
 #[cube(launch)]
-pub(crate) fn chunk_scan_kernel<FB: Float, FO: Float>(
+pub(crate) fn chunk_scan_kernel<F: Float>(
     a: &Tensor<f32>,        // [G, NC]
-    b: &Tensor<FB>,         // [G, NC, E]
+    b: &Tensor<F>,          // [G, NC, E]
     x0: &Tensor<f32>,       // [G, E]
-    out: &mut Tensor<FO>,   // [G, NC, E]
+    out: &mut Tensor<F>,    // [G, NC, E]
     last: &mut Tensor<f32>, // [G, E]
     #[comptime] reverse: bool,
-    #[define(FB, FO)] _dtypes: [StorageType; 2],
+    #[define(F)] _dtype: StorageType,
 ) {
     let e_len = x0.shape(1);
     let chunks = a.shape(1);
@@ -32,7 +32,7 @@ pub(crate) fn chunk_scan_kernel<FB: Float, FO: Float>(
             if comptime!(reverse) {
                 c = chunks - 1 - step;
             }
-            out[g * out.stride(0) + c * out.stride(1) + e * out.stride(2)] = FO::cast_from(x);
+            out[g * out.stride(0) + c * out.stride(1) + e * out.stride(2)] = F::cast_from(x);
             x = a[g * a.stride(0) + c * a.stride(1)] * x
                 + f32::cast_from(b[g * b.stride(0) + c * b.stride(1) + e * b.stride(2)]);
         }

@@ -41,23 +41,22 @@ impl<B: Backend> MlstmInputs<B> {
 
     /// The tokens `start..start + len` of every tensor.
     pub fn narrow(&self, start: usize, len: usize) -> Self {
-        Self {
-            q: self.q.clone().narrow(2, start, len),
-            k: self.k.clone().narrow(2, start, len),
-            v: self.v.clone().narrow(2, start, len),
-            i_preact: self.i_preact.clone().narrow(2, start, len),
-            f_preact: self.f_preact.clone().narrow(2, start, len),
-        }
+        self.narrow_along(2, start, len)
     }
 
     /// The batch entries `start..start + len` of every tensor.
     pub fn narrow_batch(&self, start: usize, len: usize) -> Self {
+        self.narrow_along(0, start, len)
+    }
+
+    /// Indices `start..start + len` of dimension `dim` (0 batch, 1 head, 2 token) of every tensor.
+    fn narrow_along(&self, dim: usize, start: usize, len: usize) -> Self {
         Self {
-            q: self.q.clone().narrow(0, start, len),
-            k: self.k.clone().narrow(0, start, len),
-            v: self.v.clone().narrow(0, start, len),
-            i_preact: self.i_preact.clone().narrow(0, start, len),
-            f_preact: self.f_preact.clone().narrow(0, start, len),
+            q: self.q.clone().narrow(dim, start, len),
+            k: self.k.clone().narrow(dim, start, len),
+            v: self.v.clone().narrow(dim, start, len),
+            i_preact: self.i_preact.clone().narrow(dim, start, len),
+            f_preact: self.f_preact.clone().narrow(dim, start, len),
         }
     }
 

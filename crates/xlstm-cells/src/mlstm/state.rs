@@ -32,6 +32,22 @@ impl<B: Backend> MlstmState<B> {
         state
     }
 
+    /// `state` after checking that it fits `[batch, heads, dqk, dv]`, or the official initial
+    /// state ([`Self::zeros`]) where there is none.
+    pub fn given_or_zeros(
+        state: Option<Self>,
+        [batch, heads, dqk, dv]: [usize; 4],
+        device: &B::Device,
+    ) -> Result<Self, CellError> {
+        match state {
+            Some(state) => {
+                state.check(batch, heads, dqk, dv)?;
+                Ok(state)
+            }
+            None => Ok(Self::zeros(batch, heads, dqk, dv, device)),
+        }
+    }
+
     /// `[B, NH, DQK, DV]` of this state.
     pub fn dims(&self) -> [usize; 4] {
         self.c.dims()

@@ -1,0 +1,80 @@
+//! The inputs of the chunkwise form split into chunks of `L` tokens, as the tensor-op forward
+//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, and the chunk-local sums
+//! of `log f`.
+
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use xlstm_cells::mlstm::MlstmInputs;
+use xlstm_gating::M_EMPTY;
+
+/// `x` padded to `NC = ⌈S / L⌉` whole chunks with tokens that leave the memory as it is (as
+/// the reference pads: `ĩ = M_EMPTY`, `f̃ = -M_EMPTY` so `log f = 0`, `q = k = v = 0`).
+pub(crate) struct Chunked<B: Backend> {
+    /// Queries `[B, NH, NC, L, DQK]` (unscaled keys likewise), in the float type asked for.
+    pub q: Tensor<B, 5>,
+    pub k: Tensor<B, 5>,
+    /// Values `[B, NH, NC, L, DV]`, in the float type asked for.
+    pub v: Tensor<B, 5>,
+    /// Input-gate pre-activations `ĩ` (= `log i`) `[B, NH, NC, L]`, f32.
+    pub log_i: Tensor<B, 4>,
+    /// Forget-gate pre-activations `f̃` `[B, NH, NC, L]`, f32.
+    pub f_pre: Tensor<B, 4>,
+}
+
+impl<B: Backend> Chunked<B> {
+    /// `x` in chunks of `len` tokens, `q, k, v` in `dtype`, the gates in f32.
+    pub(crate) fn new(x: &MlstmInputs<B>, len: usize, dtype: DType) -> Self {
+        Self {
+            q: chunks(x.q.clone(), len, dtype),
+            k: chunks(x.k.clone(), len, dtype),
+            v: chunks(x.v.clone(), len, dtype),
+            log_i: gate_chunks(x.i_preact.clone(), len, M_EMPTY),
+            f_pre: gate_chunks(x.f_preact.clone(), len, -M_EMPTY),
+        }
+    }
+}
+
+/// `t [B, NH, S, D]` as `[B, NH, NC, L, D]` in `dtype`, zero-padded to whole chunks.
+pub(crate) fn chunks<B: Backend>(t: Tensor<B, 4>, len: usize, dtype: DType) -> Tensor<B, 5> {
+    let [b, nh, s, d] = t.dims();
+    let nc = s.div_ceil(len);
+    let t = t.cast(dtype);
+    let t = if nc * len == s {
+        t
+    } else {
+        let zeros = Tensor::<B, 4>::zeros([b, nh, nc * len - s, d], &t.device()).cast(dtype);
+        Tensor::cat(vec![t, zeros], 2)
+    };
+    t.reshape([b, nh, nc, len, d])
+}
+
+/// A gate `[B, NH, S]` as `[B, NH, NC, L]` in f32, padded with `value`.
+fn gate_chunks<B: Backend>(t: Tensor<B, 3>, len: usize, value: f64) -> Tensor<B, 4> {
+    let [b, nh, s] = t.dims();
+    let nc = s.div_ceil(len);
+    let t = t.cast(DType::F32);
+    let t = if nc * len == s {
+        t
+    } else {
+        let fill = Tensor::<B, 3>::full([b, nh, nc * len - s], value, &t.device());
+        Tensor::cat(vec![t, fill.cast(DType::F32)], 2)
+    };
+    t.reshape([b, nh, nc, len])
+}
+
+/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,
+/// summed term by term as the reference does.
+pub(crate) fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
+    let [b, nh, nc, len] = log_f.dims();
+    let above_or_on_diagonal: Tensor<B, 2, Bool> =
+        Tensor::tril_mask([len, len], -1, &log_f.device());
+    log_f
+        .unsqueeze_dim::<5>(4)
+        .expand([b, nh, nc, len, len])
+        .mask_fill(
+            above_or_on_diagonal
+                .unsqueeze::<5>()
+                .expand([b, nh, nc, len, len]),
+            0.0,
+        )
+        .cumsum(3)
+}
