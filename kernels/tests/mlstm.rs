@@ -690,6 +690,97 @@ fn golden<B: MlstmBackend>(dev: &B::Device) {
     assert!(seen > 0, "no golden mlstm_cell case found");
 }
 
+/// The fused output combination and the state inner products of the chunkwise schedules
+/// against their tensor-op forms (NdArray), on odd sizes, in f32 and the half type.
+fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
+    let mut failures = vec![];
+    let mut r = Rng(0xD075);
+    let half = half_type::<B>(dev);
+    let dtypes = [Some(DType::F32), half].into_iter().flatten();
+    for dtype in dtypes {
+        let is_half = dtype != DType::F32;
+        for (n, &(rows, dv)) in [(1, 1), (7, 3), (13, 4), (91, 6), (33, 130), (64, 512)]
+            .iter()
+            .enumerate()
+        {
+            let with_lo = n % 2 == 0;
+            let num = r.uniform(rows * dv, -2.0, 2.0);
+            let lo = r.uniform(rows * dv, -0.01, 0.01);
+            let qc = r.uniform(rows * dv, -2.0, 2.0);
+            let g = r.uniform(rows, 0.0, 1.0);
+            let qn = r.uniform(rows, -3.0, 3.0);
+            let stab = r.uniform(rows, -2.0, 4.0);
+            fn combine<C: MlstmBackend>(
+                d: &C::Device,
+                [num, lo, qc, g, qn, stab]: [&[f32]; 6],
+                [rows, dv]: [usize; 2],
+                with_lo: bool,
+                dtype: DType,
+            ) -> Vec<f64> {
+                let wide = |v: &[f32]| tensor::<C, 2>(v, [rows, dv], d);
+                let row = |v: &[f32]| tensor::<C, 1>(v, [rows], d);
+                let h = C::mlstm_chunk_combine(
+                    wide(num),
+                    with_lo.then(|| wide(lo)),
+                    wide(qc),
+                    row(g),
+                    row(qn),
+                    row(stab),
+                    dtype,
+                );
+                assert_eq!(h.dtype(), dtype, "combine: output float type");
+                values(h)
+            }
+            let parts = [&num[..], &lo, &qc, &g, &qn, &stab];
+            keep_going(&mut failures, || {
+                let got = combine::<B>(dev, parts, [rows, dv], with_lo, dtype);
+                let want =
+                    combine::<Ref>(&Default::default(), parts, [rows, dv], with_lo, DType::F32);
+                let bound = if is_half { 5e-3 } else { 1e-6 };
+                check(
+                    &format!("combine {dtype:?} [{rows}, {dv}] lo {with_lo}"),
+                    got,
+                    want,
+                    bound,
+                );
+            });
+        }
+        for &(g, nc, e) in &[(1, 1, 1), (2, 3, 5), (3, 1, 12), (1, 5, 1000), (2, 4, 4100)] {
+            let a = round_bf16(&r.uniform(g * nc * e, -1.0, 1.0));
+            let b = round_bf16(&r.uniform(g * nc * e, -1.0, 1.0));
+            keep_going(&mut failures, || {
+                let on = |t: Tensor<B, 3>| if is_half { t.cast(dtype) } else { t };
+                let (same, next) = B::mlstm_chunk_dots(
+                    on(tensor(&a, [g, nc, e], dev)),
+                    on(tensor(&b, [g, nc, e], dev)),
+                );
+                let rd = Default::default();
+                let (want_same, want_next) =
+                    Ref::mlstm_chunk_dots(tensor(&a, [g, nc, e], &rd), tensor(&b, [g, nc, e], &rd));
+                let what = format!("dots {dtype:?} [{g}, {nc}, {e}]");
+                check(
+                    &format!("{what} same"),
+                    values(same),
+                    values(want_same),
+                    1e-5,
+                );
+                check(
+                    &format!("{what} next"),
+                    values(next),
+                    values(want_next),
+                    1e-5,
+                );
+            });
+        }
+    }
+    report(failures);
+}
+
+#[test]
+fn chunk_primitives_match_tensor_ops() {
+    on_backends!(chunk_primitives);
+}
+
 #[test]
 fn chunkwise_matches_reference_on_awkward_shapes() {
     on_backends!(awkward_chunkwise);

@@ -34,11 +34,20 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
-use super::chunked::{chunks, segment_sums, Chunked};
+use super::chunked::{batch_groups, chunks, segment_sums, Chunked};
 use super::MlstmBackend;
 
-/// Bound on the f32 chunk-boundary states kept at once (bytes); larger batches run in groups.
-const STATES_BYTES: usize = 1 << 30;
+/// Bound on one stack of chunk-boundary states kept at once (bytes; four such `[NC, DQK, DV]`
+/// stacks live together: the states, their increments, their gradients and the chunks' terms
+/// of those); larger batches run in even groups. Half-type stacks (the tensor-core path) get
+/// 4 GiB. f32 stacks get 1 GiB: f32 work is where there are no tensor cores (WGSL), and on the
+/// H200's Vulkan 2.2 GB f32 stacks failed to allocate.
+const fn states_bytes(work: DType) -> usize {
+    match work {
+        DType::F32 => 1 << 30,
+        _ => 4 << 30,
+    }
+}
 
 /// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given the output
 /// gradients `dh [B, NH, S, DV]` and `dstate` (of the final state). Returns the gradients of the
@@ -59,13 +68,12 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
     let len = chunk_size.clamp(1, s);
     let per_entry = nh * (s.div_ceil(len) + 1) * dqk * dv * work.size();
-    let group = (STATES_BYTES / per_entry).clamp(1, b);
-    if group >= b {
+    let groups = batch_groups(b, per_entry, states_bytes(work));
+    if groups.len() == 1 {
         return group_backward(x, state, len, dh, dstate, work);
     }
     let mut parts = vec![];
-    for first in (0..b).step_by(group) {
-        let n = group.min(b - first);
+    for (first, n) in groups {
         parts.push(group_backward(
             &x.narrow_batch(first, n),
             state.narrow_batch(first, n),
@@ -110,21 +118,24 @@ fn group_backward<B: MlstmBackend>(
     // The chunk-boundary states, recomputed as the forward does.
     let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
-    let k_w = k.clone() * w5((log_w.clone() - m_loc.clone()).exp().unsqueeze_dim::<5>(4));
-    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
-    let kv = mm(k_w.clone().swap_dims(3, 4), v.clone(), work); // [B, NH, NC, DQK, DV]
-    let k_sum = f32(k_w).sum_dim(3).reshape([b, nh, nc, dqk]);
     let m_loc = m_loc.reshape([b, nh, nc]);
     // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
-    let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
+    let (m_all, decay, _) = B::mlstm_stabiliser_scan(
         f_last.clone().reshape([b * nh, nc]),
         m_loc.clone().reshape([b * nh, nc]),
         state.m.clone().cast(DType::F32).reshape([b * nh]),
     );
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
-    let gain = gain.reshape([b, nh, nc]); // e^{m_loc-m₁}
-                                          // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
+                                            // w_s = e^{ĩ_s + F_L - F_s - m₁}, the weight of token s in its chunk's end state.
+    let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
+        .exp()
+        .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
+    let k_w = k.clone() * w5(w.clone());
+    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
+    let kv = mm(k_w.clone().swap_dims(3, 4), v.clone(), work); // [B, NH, NC, DQK, DV]
+    let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
+                                             // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
     let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
         let [_, _, _, d1, d2] = b_c.dims();
         let (out, last) = B::mlstm_chunk_scan(
@@ -138,15 +149,9 @@ fn group_backward<B: MlstmBackend>(
             last.reshape([b, nh, d1, d2]),
         )
     };
-    let gain5 = gain.reshape([b, nh, nc, 1, 1]);
-    let (c_start, c_end) = scan(
-        kv * w5(gain5.clone()),
-        state.c.clone().cast(DType::F32),
-        decay.clone(),
-        false,
-    );
+    let (c_start, c_end) = scan(kv, state.c.clone().cast(DType::F32), decay.clone(), false);
     let (n_start, n_end) = scan(
-        k_sum.unsqueeze_dim::<5>(4) * gain5,
+        k_sum.swap_dims(3, 4),
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
         decay.clone(),
         false,
@@ -214,30 +219,28 @@ fn group_backward<B: MlstmBackend>(
         true,
     );
     let dn_end = dn_end.reshape([b, nh, nc, dqk]);
-    // ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ and ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ of every chunk, in f32.
-    let inner = |dc: Tensor<B, 5>, dn: Tensor<B, 4>, c: Tensor<B, 5>, n: Tensor<B, 4>| {
-        let [_, _, k, _, _] = dc.dims();
-        (f32(dc) * f32(c)).sum_dim(4).sum_dim(3).reshape([b, nh, k])
-            + (dn * n).sum_dim(3).reshape([b, nh, k])
-    };
-    let with_end = inner(
-        dc_end.clone().narrow(2, nc - 1, 1),
-        dn_end.clone().narrow(2, nc - 1, 1),
-        c_end.unsqueeze_dim::<5>(2),
-        n_end.unsqueeze_dim::<4>(2),
-    );
+    // ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ and ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ of every chunk, in f32; C₁ is the next
+    // chunk's C₀, or the final state.
+    let flat = |t: Tensor<B, 5>| t.reshape([b * nh, nc, dqk * dv]);
+    let (c_same, c_next) = B::mlstm_chunk_dots(flat(dc_end.clone()), flat(c_start.clone()));
+    let with_start = c_same.reshape([b, nh, nc])
+        + (dn_end.clone() * n_start.clone())
+            .sum_dim(3)
+            .reshape([b, nh, nc]);
+    let dc_last = f32(dc_end.clone().narrow(2, nc - 1, 1)).reshape([b, nh, dqk, dv]);
+    let with_end = (dc_last * c_end).sum_dim(3).sum_dim(2).reshape([b, nh, 1])
+        + (dn_end.clone().narrow(2, nc - 1, 1).reshape([b, nh, dqk]) * n_end)
+            .sum_dim(2)
+            .reshape([b, nh, 1]);
     let with_next = if nc > 1 {
-        let inside = inner(
-            dc_end.clone().narrow(2, 0, nc - 1),
-            dn_end.clone().narrow(2, 0, nc - 1),
-            c_start.clone().narrow(2, 1, nc - 1),
-            n_start.clone().narrow(2, 1, nc - 1),
-        );
+        let n_next = (dn_end.clone().narrow(2, 0, nc - 1) * n_start.narrow(2, 1, nc - 1))
+            .sum_dim(3)
+            .reshape([b, nh, nc - 1]);
+        let inside = c_next.reshape([b, nh, nc]).narrow(2, 0, nc - 1) + n_next;
         Tensor::cat(vec![inside, with_end], 2)
     } else {
         with_end
     };
-    let with_start = inner(dc_end.clone(), dn_end.clone(), c_start, n_start);
     // dm₀ = [m₁ from the decayed m₀] (dm₁ - ⟨dC₁, C₁⟩ - ⟨dn₁, n₁⟩) + decay ⟨dC₁, C₀⟩ + … +
     // (the chunk's outputs' term): linear in dm₁, so a scan too.
     let from_decay = (f_last + m_start.clone()).greater_equal(m_loc);
@@ -261,13 +264,9 @@ fn group_backward<B: MlstmBackend>(
     let (dc, dn, dm) = (dc0, dn0.reshape([b, nh, dqk]), dm0.reshape([b, nh]));
 
     // The chunks' own terms of their end states.
-    let w = (log_w - m_all.narrow(2, 1, nc).unsqueeze_dim::<4>(3))
-        .exp()
-        .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let dk_state = (mm(v, dc_end.clone().swap_dims(3, 4), DType::F32)
-        + dn_end.unsqueeze_dim::<5>(3))
-        * w.clone();
-    let dv_state = mm(k.clone() * w5(w), dc_end, DType::F32);
+    let dk_state =
+        (mm(v, dc_end.clone().swap_dims(3, 4), DType::F32) + dn_end.unsqueeze_dim::<5>(3)) * w;
+    let dv_state = mm(k_w, dc_end, DType::F32);
     let dlog_w = (f32(k) * dk_state.clone())
         .sum_dim(4)
         .reshape([b, nh, nc, len])
@@ -327,6 +326,26 @@ pub(crate) fn chunk_scan<B: Backend>(
         x = x * a.clone().narrow(1, c, 1) + b.clone().narrow(1, c, 1).reshape([g, e]);
     }
     (Tensor::stack::<3>(out, 1).cast(dtype), x)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_dots`].
+pub(crate) fn chunk_dots<B: Backend>(
+    a: Tensor<B, 3>,
+    b: Tensor<B, 3>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [g, nc, _] = a.dims();
+    let (a, b) = (a.cast(DType::F32), b.cast(DType::F32));
+    let same = (a.clone() * b.clone()).sum_dim(2).reshape([g, nc]);
+    let last = Tensor::<B, 2>::zeros([g, 1], &a.device());
+    let next = if nc > 1 {
+        let inside = (a.narrow(1, 0, nc - 1) * b.narrow(1, 1, nc - 1))
+            .sum_dim(2)
+            .reshape([g, nc - 1]);
+        Tensor::cat(vec![inside, last], 1)
+    } else {
+        last
+    };
+    (same, next)
 }
 
 /// The f32 form of [`MlstmBackend::mlstm_matmul`]: both operands in f32, the result in `out`.

@@ -11,12 +11,12 @@
 //! states are kept in the inputs' float type between the scan and the output products, as
 //! TFLA keeps them, and the final state is f32 throughout.
 
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
 
-use super::chunked::{segment_sums, Chunked};
+use super::chunked::{batch_groups, segment_sums, Chunked};
 use super::MlstmBackend;
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
@@ -39,13 +39,12 @@ pub fn chunkwise_matmul<B: MlstmBackend>(
     let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
     let len = chunk_size.min(s);
     let per_entry = 2 * nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
-    let group = (STATES_BYTES / per_entry.max(1)).clamp(1, b);
-    if group >= b {
+    let groups = batch_groups(b, per_entry, STATES_BYTES);
+    if groups.len() == 1 {
         return Ok(group_forward(x, state, len));
     }
     let (mut hs, mut states) = (vec![], vec![]);
-    for first in (0..b).step_by(group) {
-        let n = group.min(b - first);
+    for (first, n) in groups {
         let (h, st) = group_forward(&x.narrow_batch(first, n), state.narrow_batch(first, n), len);
         hs.push(h);
         states.push(st);
@@ -121,15 +120,26 @@ fn group_forward<B: MlstmBackend>(
                                               // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
                                               // row cancel; the split leaves 2⁻¹⁶ of it.
     let p_high = p.clone().cast(dtype);
-    let mut num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
-    if dtype != DType::F32 {
+    let num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
+    let num_lo = (dtype != DType::F32).then(|| {
         let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
-        num = num + B::mlstm_matmul(p_low, v, DType::F32);
-    }
+        B::mlstm_matmul(p_low, v, DType::F32)
+    });
     // The start state's terms with the exact q (the row factor g applied to the f32 products).
-    let num = num + B::mlstm_matmul(q.clone(), c_start, DType::F32) * g.clone();
-    let qn = p.sum_dim(4) + B::mlstm_matmul(q, n_start, DType::F32) * g;
-    let h = (num / normalizer(qn, stab, EPS)).cast(dtype);
+    let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
+    let qn = p.sum_dim(4) + B::mlstm_matmul(q, n_start, DType::F32) * g.clone();
+    let rows = b * nh * nc * len;
+    let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
+    let row = |t: Tensor<B, 5>| t.reshape([rows]);
+    let h = B::mlstm_chunk_combine(
+        flat(num),
+        num_lo.map(flat),
+        flat(qc),
+        row(g),
+        row(qn),
+        row(stab),
+        dtype,
+    );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
         c: c_end.reshape([b, nh, dqk, dv]).cast(state.c.dtype()),
@@ -140,4 +150,22 @@ fn group_forward<B: MlstmBackend>(
             .cast(state.m.dtype()),
     };
     (h, final_state)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].
+pub(crate) fn chunk_combine<B: Backend>(
+    num: Tensor<B, 2>,
+    num_lo: Option<Tensor<B, 2>>,
+    qc: Tensor<B, 2>,
+    g: Tensor<B, 1>,
+    qn: Tensor<B, 1>,
+    stab: Tensor<B, 1>,
+    dtype: DType,
+) -> Tensor<B, 2> {
+    let num = match num_lo {
+        Some(lo) => num + lo,
+        None => num,
+    };
+    let num = num + qc * g.unsqueeze_dim::<2>(1);
+    (num / normalizer(qn, stab, EPS).unsqueeze_dim::<2>(1)).cast(dtype)
 }

@@ -78,3 +78,33 @@ pub(crate) fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
         )
         .cumsum(3)
 }
+
+/// The batch split into groups `(first, count)` of at most `bound / per_entry` entries (at
+/// least one), as even as possible: B8 with room for 7 per group runs as 4 + 4, not 7 + 1.
+pub(crate) fn batch_groups(b: usize, per_entry: usize, bound: usize) -> Vec<(usize, usize)> {
+    let most = (bound / per_entry.max(1)).max(1);
+    let groups = b.div_ceil(most).max(1);
+    let (size, extra) = (b / groups, b % groups);
+    let mut first = 0;
+    (0..groups)
+        .map(|group| {
+            let count = size + usize::from(group < extra);
+            first += count;
+            (first - count, count)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_groups;
+
+    #[test]
+    fn batch_groups_are_even_and_cover_the_batch() {
+        assert_eq!(batch_groups(8, 10, 70), vec![(0, 4), (4, 4)]);
+        assert_eq!(batch_groups(8, 10, 80), vec![(0, 8)]);
+        assert_eq!(batch_groups(7, 10, 30), vec![(0, 3), (3, 2), (5, 2)]);
+        assert_eq!(batch_groups(3, 100, 10), vec![(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(batch_groups(1, 0, 10), vec![(0, 1)]);
+    }
+}

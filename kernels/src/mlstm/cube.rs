@@ -11,6 +11,9 @@ use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
+use super::combine_kernel::chunk_combine_kernel;
+use super::cube_matmul::batched_matmul;
+use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::MlstmBackend;
@@ -104,11 +107,11 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) 
     )
 }
 
-/// The vector width of the step kernel's state accesses: the widest of 4, 2, 1 columns that
-/// divides `DV` and that the runtime loads in one access for both float types.
-fn step_width<R: CubeRuntime>(
+/// The vector width of a kernel's row accesses: the widest of 4, 2, 1 elements that divides
+/// the row length `len` and that the runtime loads in one access for both float types.
+fn vector_width<R: CubeRuntime>(
     client: &ComputeClient<R>,
-    dv: usize,
+    len: usize,
     dtype: DType,
     state_dtype: DType,
 ) -> usize {
@@ -124,7 +127,7 @@ fn step_width<R: CubeRuntime>(
         );
     [4, 2, 1]
         .into_iter()
-        .find(|&w| w <= max && dv.is_multiple_of(w))
+        .find(|&w| w <= max && len.is_multiple_of(w))
         .unwrap_or(1)
 }
 
@@ -337,16 +340,17 @@ where
         {
             return super::backward::matmul_in_f32(lhs, rhs, out);
         }
-        let product = burn_cubecl::kernel::matmul::matmul(
+        let (lhs_p, rhs_p) = (
             lhs.clone().into_primitive().tensor(),
             rhs.clone().into_primitive().tensor(),
-            None,
-            burn_cubecl::kernel::matmul::MatmulStrategy::default(),
-            out,
         );
-        match product {
-            Ok(t) => wrap(t),
-            Err(_) => super::backward::matmul_in_f32(lhs, rhs, out),
+        let mut shape = lhs.dims();
+        shape[4] = n;
+        let product = empty(&lhs_p, shape.to_vec(), out);
+        if batched_matmul(&lhs_p, &rhs_p, &product) {
+            wrap(product)
+        } else {
+            super::backward::matmul_in_f32(lhs, rhs, out)
         }
     }
 
@@ -367,11 +371,13 @@ where
         let out = empty(&b, vec![g, nc, e], dtype);
         let last = empty(&b, vec![g, e], DType::F32);
         let client = b.client.clone();
+        let width = vector_width(&client, e, dtype, DType::F32);
         let dim = CubeDim::new_1d(256);
         chunk_scan_kernel::launch::<R>(
             &client,
-            cubecl::calculate_cube_count_elemwise(&client, g * e, dim),
+            cubecl::calculate_cube_count_elemwise(&client, g * e / width, dim),
             dim,
+            width,
             a.into_tensor_arg(),
             b.into_tensor_arg(),
             x0.into_tensor_arg(),
@@ -412,6 +418,76 @@ where
             gain.clone().into_tensor_arg(),
         );
         (wrap(m_all), wrap(decay), wrap(gain))
+    }
+
+    fn mlstm_chunk_combine(
+        num: Tensor<Self, 2>,
+        num_lo: Option<Tensor<Self, 2>>,
+        qc: Tensor<Self, 2>,
+        g: Tensor<Self, 1>,
+        qn: Tensor<Self, 1>,
+        stab: Tensor<Self, 1>,
+        dtype: DType,
+    ) -> Tensor<Self, 2> {
+        let [rows, dv] = num.dims();
+        if !supported(dtype) || rows * dv == 0 {
+            return super::chunk_matmul::chunk_combine(num, num_lo, qc, g, qn, stab, dtype);
+        }
+        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
+        let with_lo = num_lo.is_some();
+        let num = f32(num);
+        let num_lo = num_lo.map_or_else(|| num.clone(), f32);
+        let h = empty(&num, vec![rows, dv], dtype);
+        let client = num.client.clone();
+        let width = vector_width(&client, dv, dtype, DType::F32);
+        let dim = CubeDim::new_1d(256);
+        chunk_combine_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, rows * dv / width, dim),
+            dim,
+            width,
+            num.into_tensor_arg(),
+            num_lo.into_tensor_arg(),
+            f32(qc).into_tensor_arg(),
+            f32_row(g).into_tensor_arg(),
+            f32_row(qn).into_tensor_arg(),
+            f32_row(stab).into_tensor_arg(),
+            h.clone().into_tensor_arg(),
+            EPS as f32,
+            with_lo,
+            dtype.into(),
+        );
+        wrap(h)
+    }
+
+    fn mlstm_chunk_dots(
+        a: Tensor<Self, 3>,
+        b: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let [g, nc, e] = a.dims();
+        let dtype = a.dtype();
+        if !supported(dtype) || g * nc * e == 0 || g > MAX_CUBES || nc > MAX_CUBES {
+            return super::backward::chunk_dots(a, b);
+        }
+        let b = if b.dtype() == dtype { b } else { b.cast(dtype) };
+        let (a, b) = (prim(a), prim(b));
+        let same = empty(&a, vec![g, nc], DType::F32);
+        let next = empty(&a, vec![g, nc], DType::F32);
+        let client = a.client.clone();
+        let width = vector_width(&client, e, dtype, dtype);
+        chunk_dots_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(nc as u32, g as u32, 1),
+            CubeDim::new_1d(DOT_UNITS as u32),
+            width,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            same.clone().into_tensor_arg(),
+            next.clone().into_tensor_arg(),
+            dtype.into(),
+        );
+        (wrap(same), wrap(next))
     }
 
     fn mlstm_step(
@@ -458,7 +534,7 @@ where
         let n_out = empty(&q, vec![b, nh, dqk], state_dtype);
         let m_out = empty(&q, vec![b, nh], state_dtype);
         let client = q.client.clone();
-        let width = step_width(&client, dv, dtype, state_dtype);
+        let width = vector_width(&client, dv, dtype, state_dtype);
         // A state the caller no longer holds is updated in place (`c_out` aliases input 5).
         let in_place = c.can_mut();
         let c_out = if in_place {

@@ -11,9 +11,15 @@ mod backward;
 mod chunk_kernel;
 mod chunk_matmul;
 mod chunked;
+#[cfg(feature = "cube")]
+mod combine_kernel;
 mod cpu;
 #[cfg(feature = "cube")]
 mod cube;
+#[cfg(feature = "cube")]
+mod cube_matmul;
+#[cfg(feature = "cube")]
+mod dots_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
 #[cfg(feature = "cube")]
@@ -90,6 +96,32 @@ pub trait MlstmBackend: Backend {
         m0: Tensor<Self, 1>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         backward::stabiliser_scan(f_last, m_loc, m0)
+    }
+
+    /// The outputs of the chunkwise form from its f32 parts, row by row (eq. 21 with the
+    /// chunk's start state): `h = (num + num_lo + g qc) / (max(|qn|, e^{-stab}) + eps)` with
+    /// `num, num_lo, qc [R, DV]` (`num_lo` may be absent) and `g, qn, stab [R]`, all f32; `h`
+    /// in `dtype`. The cube backends do it in one pass.
+    fn mlstm_chunk_combine(
+        num: Tensor<Self, 2>,
+        num_lo: Option<Tensor<Self, 2>>,
+        qc: Tensor<Self, 2>,
+        g: Tensor<Self, 1>,
+        qn: Tensor<Self, 1>,
+        stab: Tensor<Self, 1>,
+        dtype: DType,
+    ) -> Tensor<Self, 2> {
+        chunk_matmul::chunk_combine(num, num_lo, qc, g, qn, stab, dtype)
+    }
+
+    /// Per chunk, the inner products (summed in f32) of `a [G, NC, E]` with `b [G, NC, E]` at
+    /// the same chunk and at the next one: `same [G, NC]` and `next [G, NC]`, `next` 0 for the
+    /// last chunk. The cube backends read both once.
+    fn mlstm_chunk_dots(
+        a: Tensor<Self, 3>,
+        b: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        backward::chunk_dots(a, b)
     }
 
     /// One recurrent step: `q, k [B, NH, DQK]`, `v [B, NH, DV]`, gates `[B, NH]` →

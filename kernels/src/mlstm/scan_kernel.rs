@@ -6,37 +6,40 @@
 
 use cubecl::prelude::*;
 
-/// One unit per `(g, e)` of `x [G, E]` walks the chunks and writes `out[g, c, e]`, the value
-/// of `x` before step `c`, then `last[g, e]`, the value after the final step. `x` is f32 inside;
-/// `b` and `out` share a float type of their own (the forward keeps the chunk-boundary states
-/// in the inputs' type).
+/// One unit per `(g, e .. e + W)` of `x [G, E]` walks the chunks and writes `out[g, c, e]`, the
+/// value of `x` before step `c`, then `last[g, e]`, the value after the final step. `x` is f32
+/// inside; `b` and `out` share a float type of their own (the forward keeps the chunk-boundary
+/// states in the inputs' type). `W` divides `E`; `b`, `x0`, `out` and `last` are contiguous.
 #[cube(launch)]
-pub(crate) fn chunk_scan_kernel<F: Float>(
-    a: &Tensor<f32>,        // [G, NC]
-    b: &Tensor<F>,          // [G, NC, E]
-    x0: &Tensor<f32>,       // [G, E]
-    out: &mut Tensor<F>,    // [G, NC, E]
-    last: &mut Tensor<f32>, // [G, E]
+pub(crate) fn chunk_scan_kernel<F: Float, W: Size>(
+    a: &Tensor<f32>,                   // [G, NC]
+    b: &Tensor<Vector<F, W>>,          // [G, NC, E]
+    x0: &Tensor<Vector<f32, W>>,       // [G, E]
+    out: &mut Tensor<Vector<F, W>>,    // [G, NC, E]
+    last: &mut Tensor<Vector<f32, W>>, // [G, E]
     #[comptime] reverse: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let e_len = x0.shape(1);
+    let width = b.vector_size();
+    let e_vectors = x0.shape(1) / width;
     let chunks = a.shape(1);
     let pos = ABSOLUTE_POS;
-    if pos < x0.shape(0) * e_len {
-        let g = pos / e_len;
-        let e = pos % e_len;
-        let mut x = x0[g * x0.stride(0) + e * x0.stride(1)];
+    if pos < x0.shape(0) * e_vectors {
+        let g = pos / e_vectors;
+        let e = pos % e_vectors;
+        let step_stride = b.stride(1) / width;
+        let row = g * b.stride(0) / width + e;
+        let mut x = x0[pos];
         for step in 0..chunks {
             let mut c = step;
             if comptime!(reverse) {
                 c = chunks - 1 - step;
             }
-            out[g * out.stride(0) + c * out.stride(1) + e * out.stride(2)] = F::cast_from(x);
-            x = a[g * a.stride(0) + c * a.stride(1)] * x
-                + f32::cast_from(b[g * b.stride(0) + c * b.stride(1) + e * b.stride(2)]);
+            out[row + c * step_stride] = Vector::cast_from(x);
+            x = Vector::new(a[g * a.stride(0) + c * a.stride(1)]) * x
+                + Vector::cast_from(b[row + c * step_stride]);
         }
-        last[g * last.stride(0) + e * last.stride(1)] = x;
+        last[pos] = x;
     }
 }
 

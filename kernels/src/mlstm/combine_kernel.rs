@@ -1,0 +1,35 @@
+//! The last step of the chunkwise forward's outputs, fused: every output row
+//! `h_t = (num_t + g_t q_t C₀) / (max(|qn_t|, e^{-stab_t}) + eps)` (eq. 21 with the chunk's
+//! start state) from the f32 products, written once in the inputs' float type.
+
+use cubecl::prelude::*;
+
+/// One unit per vector of `W` columns of one row of `h [R, DV]`. `num_lo` is a second part of
+/// the numerator, read where `with_lo` (it is `num` again otherwise). Every tensor contiguous.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_combine_kernel<F: Float, W: Size>(
+    num: &Tensor<Vector<f32, W>>,    // [R, DV], (D∘P) V
+    num_lo: &Tensor<Vector<f32, W>>, // [R, DV], the rest of D∘P times V
+    qc: &Tensor<Vector<f32, W>>,     // [R, DV], q_t C₀
+    g: &Tensor<f32>,                 // [R], e^{m₀ + F_t - stab_t}
+    qn: &Tensor<f32>,                // [R], q_t·n_t (stabilised)
+    stab: &Tensor<f32>,              // [R]
+    h: &mut Tensor<Vector<F, W>>,    // [R, DV]
+    eps: f32,
+    #[comptime] with_lo: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let width = h.vector_size();
+    let row_vectors = h.shape(1) / width;
+    let pos = ABSOLUTE_POS;
+    if pos < h.shape(0) * row_vectors {
+        let r = pos / row_vectors;
+        let den = qn[r].abs().max((-stab[r]).exp()) + eps;
+        let mut x = num[pos] + Vector::new(g[r]) * qc[pos];
+        if comptime!(with_lo) {
+            x += num_lo[pos];
+        }
+        h[pos] = Vector::cast_from(x / Vector::new(den));
+    }
+}

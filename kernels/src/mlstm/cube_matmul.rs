@@ -1,0 +1,178 @@
+//! The batched products of the chunkwise mLSTM (forward `chunk_matmul.rs`, backward
+//! `backward.rs`) on tensor cores, through burn's matmul kernels (cubek) with a tiling chosen
+//! per product shape rather than burn's single default (`SimpleCyclicCmma`).
+//!
+//! Why: on the H200 at B8 NH8 S8192 DQK256 DV512 (chunks of 64, bf16 operands, f32 results)
+//! burn's default tiling took 3.83 ms for `Q C₀` (64 × 512 × 256 per chunk) and 1.15 ms for
+//! each `(D∘P) V` (64 × 512 × 64), where the TMA tilings that burn's autotune picked took 1.21
+//! and 0.57 ms. burn's autotune itself is off in this workspace (`autotune` feature): it times
+//! ~20 candidates for every matmul of every new shape, minutes at these sizes.
+//!
+//! So the first large product of each shape times the few [`TILINGS`] once (each launched and
+//! synced, then timed over one run) and keeps the fastest for that shape; small products take
+//! the first tiling that launches. A tiling a device lacks (TMA needs Hopper or later) fails to
+//! launch and is skipped; burn's default is last, so every device runs the products.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::future::block_on;
+use cubek::matmul::components::tile::TileMatmulKind;
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubek::matmul::launch::{launch_ref, Strategy};
+use cubek::matmul::routines::simple::SimpleArgs;
+use cubek::matmul::routines::specialized::SpecializedStrategy;
+use cubek::matmul::routines::BlueprintStrategy;
+use cubek::std::InputBinding;
+
+/// The candidate tilings (cubek strategies), in the order tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tiling {
+    /// TMA loads, one stage, `mma` tiles over several rows per plane.
+    SimpleTmaMmaRows,
+    /// TMA loads, one stage, `cmma` tiles.
+    SimpleTmaCmma,
+    /// TMA loads, producer and consumer planes, `mma` tiles.
+    SpecializedTmaMma,
+    /// TMA loads, producer and consumer planes, `cmma` tiles.
+    SpecializedTmaCmma,
+    /// burn's default (`SimpleCyclicCmma`; any device with `cmma`).
+    Default,
+}
+
+const TILINGS: [Tiling; 5] = [
+    Tiling::SimpleTmaMmaRows,
+    Tiling::SimpleTmaCmma,
+    Tiling::SpecializedTmaMma,
+    Tiling::SpecializedTmaCmma,
+    Tiling::Default,
+];
+
+/// Products with fewer multiply-adds than this take the first tiling that launches, untimed.
+const TIMED_WORK: usize = 1 << 32;
+
+impl Tiling {
+    fn strategy(self) -> Strategy {
+        let simple = |tile_matmul, multi_rows| {
+            BlueprintStrategy::Inferred(SimpleArgs {
+                tile_matmul,
+                multi_rows,
+            })
+        };
+        let specialized =
+            |tile_matmul| BlueprintStrategy::Inferred(SpecializedStrategy { tile_matmul });
+        match self {
+            Tiling::SimpleTmaMmaRows => Strategy::SimpleTmaMma(simple(TileMatmulKind::Mma, true)),
+            Tiling::SimpleTmaCmma => Strategy::SimpleTmaCmma(simple(TileMatmulKind::Cmma, false)),
+            Tiling::SpecializedTmaMma => {
+                Strategy::SpecializedTmaMma(specialized(TileMatmulKind::Mma))
+            }
+            Tiling::SpecializedTmaCmma => {
+                Strategy::SpecializedTmaCmma(specialized(TileMatmulKind::Cmma))
+            }
+            Tiling::Default => Strategy::Auto,
+        }
+    }
+}
+
+/// What a chosen tiling is kept for: the product's sizes, operand layouts and float types.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ProductKey {
+    batch: usize,
+    mnk: [usize; 3],
+    /// Whether each operand's last dim is contiguous (row-major) rather than its second-last.
+    row_major: [bool; 2],
+    dtypes: [DType; 2],
+}
+
+static CHOSEN: Mutex<Option<HashMap<ProductKey, Tiling>>> = Mutex::new(None);
+
+/// `lhs [.., m, k] @ rhs [.., k, n]` (same leading dims, same float type) accumulated in f32,
+/// written into `product [.., m, n]` (its float type is the result's); `false` where no tiling
+/// takes it.
+pub(crate) fn batched_matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    product: &CubeTensor<R>,
+) -> bool {
+    let shape = lhs.meta.shape();
+    let rank = shape.num_dims();
+    let (m, k) = (shape[rank - 2], shape[rank - 1]);
+    let n = rhs.meta.shape()[rank - 1];
+    let batch = (0..rank - 2).map(|d| shape[d]).product::<usize>();
+    let row_major = |t: &CubeTensor<R>| t.meta.strides()[rank - 1] == 1;
+    let key = ProductKey {
+        batch,
+        mnk: [m, n, k],
+        row_major: [row_major(lhs), row_major(rhs)],
+        dtypes: [lhs.dtype, product.dtype],
+    };
+    let known = CHOSEN
+        .lock()
+        .expect("tiling table")
+        .as_ref()
+        .and_then(|t| t.get(&key).copied());
+    if let Some(tiling) = known {
+        if launch(tiling, lhs, rhs, product) {
+            return true;
+        }
+    }
+    let timed = batch * m * n * k >= TIMED_WORK;
+    let mut best: Option<(Tiling, f64)> = None;
+    for tiling in TILINGS {
+        // Launched once (this compiles it), then, for large products, timed over one run.
+        if !launch(tiling, lhs, rhs, product) {
+            continue;
+        }
+        if !timed {
+            best = Some((tiling, 0.0));
+            break;
+        }
+        let _ = block_on(lhs.client.sync());
+        let start = Instant::now();
+        launch(tiling, lhs, rhs, product);
+        let _ = block_on(lhs.client.sync());
+        let seconds = start.elapsed().as_secs_f64();
+        if best.is_none_or(|(_, fastest)| seconds < fastest) {
+            best = Some((tiling, seconds));
+        }
+    }
+    let Some((tiling, _)) = best else {
+        return false;
+    };
+    CHOSEN
+        .lock()
+        .expect("tiling table")
+        .get_or_insert_with(HashMap::new)
+        .insert(key, tiling);
+    // The product of the last timed tiling is in `product`; the chosen one writes it again.
+    !timed || launch(tiling, lhs, rhs, product)
+}
+
+/// Launches `tiling` for the product; `false` where it does not take these operands.
+fn launch<R: CubeRuntime>(
+    tiling: Tiling,
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    product: &CubeTensor<R>,
+) -> bool {
+    let dtype = lhs.dtype;
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: dtype.into(),
+        rhs: dtype.into(),
+        out: product.dtype.into(),
+    });
+    launch_ref(
+        &tiling.strategy(),
+        &lhs.client,
+        InputBinding::new(lhs.clone().binding(), dtype.into()),
+        InputBinding::new(rhs.clone().binding(), dtype.into()),
+        product.clone().binding(),
+        &mut dtypes,
+    )
+    .is_ok()
+}
