@@ -2,7 +2,9 @@
 //! warm-up, a device sync around every timed region, the median of the repeats.
 //!
 //! `cargo run --release -p xlstm-kernels --features cuda,wgpu --example mlstm_bench`
-//! (`MLSTM_BENCH_BACKENDS=cuda` or `wgpu` picks one; `MLSTM_BENCH_QUICK=1` uses small shapes).
+//! (`MLSTM_BENCH_BACKENDS=cuda` or `wgpu` picks one; `MLSTM_BENCH_QUICK=1` uses small shapes;
+//! `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference, which with burn's autotuning
+//! spends minutes tuning its many shapes).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -58,8 +60,13 @@ struct Row {
     peer: &'static str,
 }
 
-fn run<B: MlstmBackend>(backend: &'static str, dev: &B::Device, quick: bool, rows: &mut Vec<Row>)
-where
+fn run<B: MlstmBackend>(
+    backend: &'static str,
+    dev: &B::Device,
+    quick: bool,
+    reference: bool,
+    rows: &mut Vec<Row>,
+) where
     Autodiff<B>: MlstmBackend,
 {
     let chunk = 64;
@@ -135,7 +142,7 @@ where
             peer: "",
         });
 
-        if n == 0 {
+        if n == 0 && reference {
             // The tensor-op reference (xlstm-cells) on the same backend, f32 and bf16 inputs.
             let dtypes = if dtype == DType::F32 {
                 vec![dtype]
@@ -243,14 +250,21 @@ fn wanted(name: &str) -> bool {
 
 fn main() {
     let quick = std::env::var("MLSTM_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let reference = std::env::var("MLSTM_BENCH_REFERENCE").is_ok_and(|v| v == "1");
     let mut rows = vec![];
     #[cfg(feature = "cuda")]
     if wanted("cuda") {
-        run::<burn::backend::Cuda>("CUDA", &Default::default(), quick, &mut rows);
+        run::<burn::backend::Cuda>("CUDA", &Default::default(), quick, reference, &mut rows);
     }
     #[cfg(feature = "wgpu")]
     if wanted("wgpu") {
-        run::<burn::backend::Wgpu>("Vulkan(wgpu)", &Default::default(), quick, &mut rows);
+        run::<burn::backend::Wgpu>(
+            "Vulkan(wgpu)",
+            &Default::default(),
+            quick,
+            reference,
+            &mut rows,
+        );
     }
     println!("\n| backend | case | ms (median) | peer (H200) |\n| --- | --- | --- | --- |");
     for r in rows {
