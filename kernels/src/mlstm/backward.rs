@@ -31,10 +31,10 @@
 
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
-use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
-use super::chunked::{batch_groups, chunks, segment_sums, Chunked};
+use super::chunked::{batch_groups, chunks, Chunked};
 use super::MlstmBackend;
 
 /// Bound on one stack of chunk-boundary states kept at once (bytes; four such `[NC, DQK, DV]`
@@ -127,7 +127,8 @@ fn group_backward<B: MlstmBackend>(
     );
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
-                                            // w_s = e^{ĩ_s + F_L - F_s - m₁}, the weight of token s in its chunk's end state.
+
+    // w_s = e^{ĩ_s + F_L - F_s - m₁}, the weight of token s in its chunk's end state.
     let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
@@ -135,7 +136,8 @@ fn group_backward<B: MlstmBackend>(
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
     let kv = mm(k_w.clone().swap_dims(3, 4), v.clone(), work); // [B, NH, NC, DQK, DV]
     let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
-                                             // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
+
+    // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
     let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
         let [_, _, _, d1, d2] = b_c.dims();
         let (out, last) = B::mlstm_chunk_scan(

@@ -12,11 +12,11 @@
 //! TFLA keeps them, and the final state is f32 throughout.
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
-use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
 
-use super::chunked::{batch_groups, segment_sums, Chunked};
+use super::chunked::{batch_groups, Chunked};
 use super::MlstmBackend;
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
@@ -116,9 +116,10 @@ fn group_forward<B: MlstmBackend>(
     let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
     let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
     let g = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-                                              // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
-                                              // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
-                                              // row cancel; the split leaves 2⁻¹⁶ of it.
+
+    // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
+    // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
+    // row cancel; the split leaves 2⁻¹⁶ of it.
     let p_high = p.clone().cast(dtype);
     let num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
     let num_lo = (dtype != DType::F32).then(|| {

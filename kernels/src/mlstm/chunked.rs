@@ -1,8 +1,9 @@
 //! The inputs of the chunkwise form split into chunks of `L` tokens, as the tensor-op forward
-//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, and the chunk-local sums
-//! of `log f`.
+//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, and the batch groups they
+//! run in. The chunk-local sums of `log f` are the reference's
+//! (`xlstm_cells::mlstm::segment_sums`).
 
-use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::MlstmInputs;
 use xlstm_gating::M_EMPTY;
 
@@ -59,24 +60,6 @@ fn gate_chunks<B: Backend>(t: Tensor<B, 3>, len: usize, value: f64) -> Tensor<B,
         Tensor::cat(vec![t, fill.cast(DType::F32)], 2)
     };
     t.reshape([b, nh, nc, len])
-}
-
-/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`,
-/// summed term by term as the reference does.
-pub(crate) fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
-    let [b, nh, nc, len] = log_f.dims();
-    let above_or_on_diagonal: Tensor<B, 2, Bool> =
-        Tensor::tril_mask([len, len], -1, &log_f.device());
-    log_f
-        .unsqueeze_dim::<5>(4)
-        .expand([b, nh, nc, len, len])
-        .mask_fill(
-            above_or_on_diagonal
-                .unsqueeze::<5>()
-                .expand([b, nh, nc, len, len]),
-            0.0,
-        )
-        .cumsum(3)
 }
 
 /// The batch split into groups `(first, count)` of at most `bound / per_entry` entries (at

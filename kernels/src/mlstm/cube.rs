@@ -332,18 +332,15 @@ where
         let [.., m, k] = lhs.dims();
         let n = rhs.dims()[4];
         let dtype = lhs.dtype();
-        let client = lhs.clone().into_primitive().tensor().client;
+        let lhs_p = lhs.clone().into_primitive().tensor();
         // Thinner products than a tile (a vector, a short chunk) are cheap in f32.
         if m.min(n).min(k) < TENSOR_CORE_TILE
             || rhs.dtype() != dtype
-            || !tensor_cores(&client, dtype)
+            || !tensor_cores(&lhs_p.client, dtype)
         {
             return super::backward::matmul_in_f32(lhs, rhs, out);
         }
-        let (lhs_p, rhs_p) = (
-            lhs.clone().into_primitive().tensor(),
-            rhs.clone().into_primitive().tensor(),
-        );
+        let rhs_p = rhs.clone().into_primitive().tensor();
         let mut shape = lhs.dims();
         shape[4] = n;
         let product = empty(&lhs_p, shape.to_vec(), out);

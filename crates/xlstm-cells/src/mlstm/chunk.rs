@@ -96,12 +96,13 @@ pub(crate) fn scan<B: Backend>(
     (h.reshape([b, nh, s, dv]), final_state)
 }
 
-/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`.
+/// `seg[.., t, s] = Σ_{s<u≤t} log f_u` for `t ≥ s` (0 above the diagonal), from `log_f [.., L]`
+/// (`[B, NH, NC, L]` → `[B, NH, NC, L, L]`).
 ///
 /// Summing the terms themselves, rather than subtracting two cumulative sums `F_t - F_s`,
 /// keeps every entry exact to the precision of its own size: with forget gates near -1e3 the
 /// cumulative sums reach -1e5 and their difference would lose all digits in f32.
-fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
+pub fn segment_sums<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 5> {
     let [b, nh, nc, len] = log_f.dims();
     let above_or_on_diagonal: Tensor<B, 2, Bool> =
         Tensor::tril_mask([len, len], -1, &log_f.device());

@@ -16,6 +16,7 @@ mod schedules;
 mod state;
 mod step;
 
+pub use chunk::segment_sums;
 pub use inputs::MlstmInputs;
 pub use schedules::{chunkwise, parallel};
 pub use state::MlstmState;
