@@ -772,6 +772,107 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 );
             });
         }
+        // The chunk-boundary states and the outputs from them (fused on tensor cores where the
+        // shape has whole 16×16 fragments and, for the outputs, 64-token chunks; the tensor-op
+        // form elsewhere), against the tensor-op form in f32 on the same (rounded) inputs.
+        for &(g, nc, len, dqk, dv) in &[
+            (1, 1, 64, 16, 16),
+            (3, 2, 64, 48, 80),
+            (2, 3, 32, 64, 144),
+            (1, 2, 64, 256, 512),
+            (2, 2, 20, 24, 40),
+        ] {
+            let what = format!("{dtype:?} [G {g}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
+            let k_w = round_bf16(&r.uniform(g * nc * len * dqk, -0.2, 0.2));
+            let v = round_bf16(&r.uniform(g * nc * len * dv, -1.0, 1.0));
+            let decay = r.uniform(g * nc, 0.3, 1.0);
+            let c0 = r.uniform(g * dqk * dv, -1.0, 1.0);
+            let rd = Default::default();
+            keep_going(&mut failures, || {
+                let on = |t: Tensor<B, 4>| if is_half { t.cast(dtype) } else { t };
+                let (start, end) = B::mlstm_chunk_states(
+                    on(tensor(&k_w, [g, nc, len, dqk], dev)),
+                    on(tensor(&v, [g, nc, len, dv], dev)),
+                    tensor(&decay, [g, nc], dev),
+                    tensor(&c0, [g, dqk, dv], dev),
+                );
+                assert_eq!(start.dtype(), dtype, "states: chunk-start float type");
+                let (want_start, want_end) = Ref::mlstm_chunk_states(
+                    tensor(&k_w, [g, nc, len, dqk], &rd),
+                    tensor(&v, [g, nc, len, dv], &rd),
+                    tensor(&decay, [g, nc], &rd),
+                    tensor(&c0, [g, dqk, dv], &rd),
+                );
+                let start_bound = if is_half { 5e-3 } else { 1e-6 };
+                check(
+                    &format!("states {what} start"),
+                    values(start),
+                    values(want_start),
+                    start_bound,
+                );
+                // The tensor-op form rounds each chunk's increment to the half type (the fused
+                // kernel adds it in f32).
+                let end_bound = if is_half { 5e-3 } else { 1e-5 };
+                check(
+                    &format!("states {what} end"),
+                    values(end),
+                    values(want_end),
+                    end_bound,
+                );
+            });
+
+            let q = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
+            let k = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
+            let log_f = r.uniform(g * nc * len, -0.6, 0.0);
+            let f_cum: Vec<f32> = log_f
+                .chunks(len)
+                .flat_map(|c| {
+                    c.iter().scan(0.0, |acc, x| {
+                        *acc += x;
+                        Some(*acc)
+                    })
+                })
+                .collect();
+            let log_i = r.uniform(g * nc * len, -4.0, 3.0);
+            let c_start = round_bf16(&r.uniform(g * nc * dqk * dv, -1.0, 1.0));
+            let n_start = r.uniform(g * nc * dqk, -1.0, 1.0);
+            let m_start = r.uniform(g * nc, -2.0, 2.0);
+            keep_going(&mut failures, || {
+                fn outputs<C: MlstmBackend>(
+                    d: &C::Device,
+                    [q, k, v, f_cum, log_i, c_start, n_start, m_start]: [&[f32]; 8],
+                    [g, nc, len, dqk, dv]: [usize; 5],
+                    dtype: DType,
+                ) -> Vec<f64> {
+                    let on = |t: Tensor<C, 4>| t.cast(dtype);
+                    let h = C::mlstm_chunk_outputs(
+                        on(tensor(q, [g, nc, len, dqk], d)),
+                        on(tensor(k, [g, nc, len, dqk], d)),
+                        on(tensor(v, [g, nc, len, dv], d)),
+                        tensor(f_cum, [g, nc, len], d),
+                        tensor(log_i, [g, nc, len], d),
+                        on(tensor(c_start, [g, nc, dqk, dv], d)),
+                        tensor(n_start, [g, nc, dqk], d),
+                        tensor(m_start, [g, nc], d),
+                    );
+                    assert_eq!(h.dtype(), dtype, "outputs: float type");
+                    values(h)
+                }
+                let parts = [&q[..], &k, &v, &f_cum, &log_i, &c_start, &n_start, &m_start];
+                let dims = [g, nc, len, dqk, dv];
+                let got = outputs::<B>(dev, parts, dims, dtype);
+                let want = outputs::<Ref>(&rd, parts, dims, DType::F32);
+                // In f32 the cube backends multiply through burn's matmul, which rounds f32
+                // operands through TF32 on CUDA.
+                let tf32 = B::name(dev).to_lowercase().contains("cuda");
+                let bound = match (is_half, tf32) {
+                    (true, _) => 5e-3,
+                    (false, true) => 2e-3,
+                    (false, false) => 1e-5,
+                };
+                check(&format!("outputs {what}"), got, want, bound);
+            });
+        }
     }
     report(failures);
 }

@@ -134,7 +134,6 @@ fn group_backward<B: MlstmBackend>(
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
     let k_w = k.clone() * w5(w.clone());
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
-    let kv = mm(k_w.clone().swap_dims(3, 4), v.clone(), work); // [B, NH, NC, DQK, DV]
     let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
 
     // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
@@ -151,7 +150,14 @@ fn group_backward<B: MlstmBackend>(
             last.reshape([b, nh, d1, d2]),
         )
     };
-    let (c_start, c_end) = scan(kv, state.c.clone().cast(DType::F32), decay.clone(), false);
+    let (c_start, c_end) = B::mlstm_chunk_states(
+        k_w.clone().reshape([b * nh, nc, len, dqk]),
+        v.clone().reshape([b * nh, nc, len, dv]),
+        decay.clone().reshape([b * nh, nc]),
+        state.c.clone().cast(DType::F32).reshape([b * nh, dqk, dv]),
+    );
+    let c_start = c_start.reshape([b, nh, nc, dqk, dv]); // the work type
+    let c_end = c_end.reshape([b, nh, dqk, dv]);
     let (n_start, n_end) = scan(
         k_sum.swap_dims(3, 4),
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),

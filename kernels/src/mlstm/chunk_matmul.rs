@@ -12,7 +12,7 @@
 //! TFLA keeps them, and the final state is f32 throughout.
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
-use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
 
@@ -60,7 +60,7 @@ fn group_forward<B: MlstmBackend>(
 ) -> (Tensor<B, 4>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
     let nc = s.div_ceil(len);
-    let dev = x.q.device();
+    let rows = b * nh; // G: one row per (batch entry, head)
     let dtype = x.q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
     let Chunked {
@@ -70,76 +70,45 @@ fn group_forward<B: MlstmBackend>(
         log_i, // [B, NH, NC, L]
         f_pre,
     } = Chunked::new(x, len, dtype);
-    let log_f = log_forget_gate(f_pre);
-    let f_cum = log_f.clone().cumsum(3); // F_t
-    let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b * nh, nc]); // F_L
-    let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]
+    let per_row = |t: Tensor<B, 5>, d: usize| t.reshape([rows, nc, len, d]);
+    let f_cum = log_forget_gate(f_pre).cumsum(3); // F_t
+    let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
 
     // Each chunk's own contribution to its end state: ĩ_s + F_L - F_s, stabilised.
-    let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
+    let log_w = log_i.clone() + (f_last.clone() - f_cum.clone());
     let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
-        f_last,
-        m_loc.clone().reshape([b * nh, nc]),
-        state.m.clone().cast(DType::F32).reshape([b * nh]),
+        f_last.reshape([rows, nc]),
+        m_loc.clone().reshape([rows, nc]),
+        state.m.clone().cast(DType::F32).reshape([rows]),
     );
     // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
     let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
     let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
-    let kv = B::mlstm_matmul(k_w.clone().swap_dims(3, 4), v.clone(), dtype); // [B, NH, NC, DQK, DV]
-    let k_sum = k_w.cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
+    let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
 
     // The chunk-boundary states: C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ (likewise n).
-    let (c_start, c_end) = B::mlstm_chunk_scan(
+    let (c_start, c_end) = B::mlstm_chunk_states(
+        per_row(k_w, dqk),
+        per_row(v.clone(), dv),
         decay.clone(),
-        kv.reshape([b * nh, nc, dqk * dv]),
-        state.c.clone().cast(DType::F32).reshape([b * nh, dqk * dv]),
-        false,
+        state.c.clone().cast(DType::F32).reshape([rows, dqk, dv]),
     );
     let (n_start, n_end) = B::mlstm_chunk_scan(
         decay,
-        k_sum.reshape([b * nh, nc, dqk]),
-        state.n.clone().cast(DType::F32).reshape([b * nh, dqk]),
+        k_sum.reshape([rows, nc, dqk]),
+        state.n.clone().cast(DType::F32).reshape([rows, dqk]),
         false,
     );
-    let c_start = c_start.reshape([b, nh, nc, dqk, dv]); // the inputs' float type
-    let n_start = n_start.reshape([b, nh, nc, dqk, 1]); // f32: q·n₀ is a thin product in f32
-    let m_start = m_all.clone().narrow(1, 0, nc).reshape([b, nh, nc, 1]);
-
-    // The outputs of every chunk: log D_ts = F_t - F_s + ĩ_s (s ≤ t), the start state with
-    // m₀ + F_t, both stabilised by their row maximum stab_t.
-    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &dev);
-    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
-    let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
-    let log_start = (m_start + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
-    let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
-    let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
-    let g = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-
-    // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
-    // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
-    // row cancel; the split leaves 2⁻¹⁶ of it.
-    let p_high = p.clone().cast(dtype);
-    let num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
-    let num_lo = (dtype != DType::F32).then(|| {
-        let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
-        B::mlstm_matmul(p_low, v, DType::F32)
-    });
-    // The start state's terms with the exact q (the row factor g applied to the f32 products).
-    let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
-    let qn = p.sum_dim(4) + B::mlstm_matmul(q, n_start, DType::F32) * g.clone();
-    let rows = b * nh * nc * len;
-    let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
-    let row = |t: Tensor<B, 5>| t.reshape([rows]);
-    let h = B::mlstm_chunk_combine(
-        flat(num),
-        num_lo.map(flat),
-        flat(qc),
-        row(g),
-        row(qn),
-        row(stab),
-        dtype,
+    let h = B::mlstm_chunk_outputs(
+        per_row(q, dqk),
+        per_row(k, dqk),
+        per_row(v, dv),
+        f_cum.reshape([rows, nc, len]),
+        log_i.reshape([rows, nc, len]),
+        c_start,
+        n_start,
+        m_all.clone().narrow(1, 0, nc),
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
@@ -151,6 +120,96 @@ fn group_forward<B: MlstmBackend>(
             .cast(state.m.dtype()),
     };
     (h, final_state)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` of every chunk as one
+/// batched product (in `k_w`'s float type, as TFLA keeps the states), then the scan.
+pub(crate) fn chunk_states<B: MlstmBackend>(
+    k_w: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    decay: Tensor<B, 2>,
+    c0: Tensor<B, 3>,
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let [g, nc, len, dqk] = k_w.dims();
+    let dv = v.dims()[3];
+    let dtype = k_w.dtype();
+    let kv = B::mlstm_matmul(
+        k_w.reshape([1, g, nc, len, dqk]).swap_dims(3, 4),
+        v.reshape([1, g, nc, len, dv]),
+        dtype,
+    ); // [1, G, NC, DQK, DV]
+    let (start, end) = B::mlstm_chunk_scan(
+        decay,
+        kv.reshape([g, nc, dqk * dv]),
+        c0.reshape([g, dqk * dv]),
+        false,
+    );
+    (start.reshape([g, nc, dqk, dv]), end.reshape([g, dqk, dv]))
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_outputs`]: log D_ts = F_t - F_s + ĩ_s
+/// (s ≤ t) and the start state with m₀ + F_t, both stabilised by their row maximum stab_t;
+/// the products through [`MlstmBackend::mlstm_matmul`], the last step
+/// [`MlstmBackend::mlstm_chunk_combine`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_outputs<B: MlstmBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    f_cum: Tensor<B, 3>,
+    log_i: Tensor<B, 3>,
+    c_start: Tensor<B, 4>,
+    n_start: Tensor<B, 3>,
+    m_start: Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    let [g, nc, len, dqk] = q.dims();
+    let dv = v.dims()[3];
+    let dtype = q.dtype();
+    let key_scale = 1.0 / (dqk as f64).sqrt();
+    // Products over the last two dims of [1, G, NC, ·, ·] views (a transposed operand stays a
+    // strided view: no copy).
+    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| {
+        let [.., m, _] = lhs.dims();
+        let n = rhs.dims()[4];
+        B::mlstm_matmul(lhs, rhs, out).reshape([g, nc, m, n])
+    };
+    let five = |t: Tensor<B, 4>| t.unsqueeze::<5>();
+    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &q.device());
+    let causal = causal.unsqueeze::<4>().expand([g, nc, len, len]);
+    let seg = f_cum.clone().unsqueeze_dim::<4>(3) - f_cum.clone().unsqueeze_dim::<4>(2); // F_t - F_s
+    let log_d = (seg + log_i.unsqueeze_dim::<4>(2)).mask_fill(causal, M_EMPTY);
+    let log_start = (m_start.unsqueeze_dim::<3>(2) + f_cum).unsqueeze_dim::<4>(3); // [G, NC, L, 1]
+    let stab = log_d.clone().max_dim(3).max_pair(log_start.clone());
+    let scores = mm(five(q.clone()), five(k).swap_dims(3, 4), DType::F32); // q_t·k_s
+    let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
+    let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [G, NC, L, 1]
+
+    // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
+    // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
+    // row cancel; the split leaves 2⁻¹⁶ of it.
+    let p_high = p.clone().cast(dtype);
+    let num = mm(five(p_high.clone()), five(v.clone()), DType::F32);
+    let num_lo = (dtype != DType::F32).then(|| {
+        let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
+        mm(five(p_low), five(v), DType::F32)
+    });
+    // The start state's terms with the exact q (the row factor applied to the f32 products).
+    let qc = mm(five(q.clone()), five(c_start), DType::F32);
+    let qn =
+        p.sum_dim(3) + mm(five(q), five(n_start.unsqueeze_dim::<4>(3)), DType::F32) * gain.clone();
+    let rows = g * nc * len;
+    let flat = |t: Tensor<B, 4>| t.reshape([rows, dv]);
+    let row = |t: Tensor<B, 4>| t.reshape([rows]);
+    B::mlstm_chunk_combine(
+        flat(num),
+        num_lo.map(flat),
+        flat(qc),
+        row(gain),
+        row(qn),
+        row(stab),
+        dtype,
+    )
+    .reshape([g, nc, len, dv])
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].
