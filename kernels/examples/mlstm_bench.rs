@@ -3,8 +3,9 @@
 //!
 //! `cargo run --release -p xlstm-kernels --features cuda,wgpu --example mlstm_bench`
 //! (`MLSTM_BENCH_BACKENDS=cuda` or `wgpu` picks one; `MLSTM_BENCH_QUICK=1` uses small shapes;
-//! `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference, which with burn's autotuning
-//! spends minutes tuning its many shapes).
+//! `MLSTM_BENCH_SHAPES=2` times only the second chunkwise shape (a comma list of 1-based
+//! indices; all by default); `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference,
+//! which with burn's autotuning spends minutes tuning its many shapes).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -96,6 +97,9 @@ fn run<B: MlstmBackend>(
         (DType::F32, "f32")
     };
     for (n, (dims, name, peer)) in shapes.iter().enumerate() {
+        if !shape_wanted(n + 1) {
+            continue;
+        }
         // bf16 runs as batched matmuls on tensor cores where the device has them; f32 runs the
         // fused kernels (exact f32). Both are timed where bf16 exists.
         let fw_dtypes = if dtype == DType::F32 {
@@ -238,6 +242,13 @@ fn run<B: MlstmBackend>(
             ms,
             peer,
         });
+    }
+}
+
+fn shape_wanted(index: usize) -> bool {
+    match std::env::var("MLSTM_BENCH_SHAPES") {
+        Ok(list) => list.split(',').any(|i| i.trim() == index.to_string()),
+        Err(_) => true,
     }
 }
 

@@ -772,36 +772,37 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 );
             });
         }
-        // The chunk-boundary states and the outputs from them (fused on tensor cores where the
-        // shape has whole 16×16 fragments and, for the outputs, 64-token chunks; the tensor-op
-        // form elsewhere), against the tensor-op form in f32 on the same (rounded) inputs.
-        for &(g, nc, len, dqk, dv) in &[
-            (1, 1, 64, 16, 16),
-            (3, 2, 64, 48, 80),
-            (2, 3, 32, 64, 144),
-            (1, 2, 64, 256, 512),
-            (2, 2, 20, 24, 40),
+        // The chunk-boundary states and the outputs from them, on this backend (its products
+        // and scan kernels) against the tensor-op forms in f32 on NdArray, on the same
+        // (rounded) inputs.
+        for &(b, nh, nc, len, dqk, dv) in &[
+            (1, 1, 1, 64, 16, 16),
+            (3, 1, 2, 64, 48, 80),
+            (1, 2, 3, 32, 64, 144),
+            (1, 1, 2, 64, 256, 512),
+            (2, 1, 2, 20, 24, 40),
         ] {
-            let what = format!("{dtype:?} [G {g}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
+            let g = b * nh;
+            let what = format!("{dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
             let k_w = round_bf16(&r.uniform(g * nc * len * dqk, -0.2, 0.2));
             let v = round_bf16(&r.uniform(g * nc * len * dv, -1.0, 1.0));
             let decay = r.uniform(g * nc, 0.3, 1.0);
             let c0 = r.uniform(g * dqk * dv, -1.0, 1.0);
             let rd = Default::default();
             keep_going(&mut failures, || {
-                let on = |t: Tensor<B, 4>| if is_half { t.cast(dtype) } else { t };
+                let on = |t: Tensor<B, 5>| if is_half { t.cast(dtype) } else { t };
                 let (start, end) = B::mlstm_chunk_states(
-                    on(tensor(&k_w, [g, nc, len, dqk], dev)),
-                    on(tensor(&v, [g, nc, len, dv], dev)),
-                    tensor(&decay, [g, nc], dev),
-                    tensor(&c0, [g, dqk, dv], dev),
+                    on(tensor(&k_w, [b, nh, nc, len, dqk], dev)),
+                    on(tensor(&v, [b, nh, nc, len, dv], dev)),
+                    tensor(&decay, [b, nh, nc], dev),
+                    tensor(&c0, [b, nh, dqk, dv], dev),
                 );
                 assert_eq!(start.dtype(), dtype, "states: chunk-start float type");
                 let (want_start, want_end) = Ref::mlstm_chunk_states(
-                    tensor(&k_w, [g, nc, len, dqk], &rd),
-                    tensor(&v, [g, nc, len, dv], &rd),
-                    tensor(&decay, [g, nc], &rd),
-                    tensor(&c0, [g, dqk, dv], &rd),
+                    tensor(&k_w, [b, nh, nc, len, dqk], &rd),
+                    tensor(&v, [b, nh, nc, len, dv], &rd),
+                    tensor(&decay, [b, nh, nc], &rd),
+                    tensor(&c0, [b, nh, dqk, dv], &rd),
                 );
                 let start_bound = if is_half { 5e-3 } else { 1e-6 };
                 check(
@@ -810,8 +811,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     values(want_start),
                     start_bound,
                 );
-                // The tensor-op form rounds each chunk's increment to the half type (the fused
-                // kernel adds it in f32).
+                // Each chunk's increment is rounded to the half type before it is added.
                 let end_bound = if is_half { 5e-3 } else { 1e-5 };
                 check(
                     &format!("states {what} end"),
@@ -841,25 +841,25 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 fn outputs<C: MlstmBackend>(
                     d: &C::Device,
                     [q, k, v, f_cum, log_i, c_start, n_start, m_start]: [&[f32]; 8],
-                    [g, nc, len, dqk, dv]: [usize; 5],
+                    [b, nh, nc, len, dqk, dv]: [usize; 6],
                     dtype: DType,
                 ) -> Vec<f64> {
-                    let on = |t: Tensor<C, 4>| t.cast(dtype);
+                    let on = |t: Tensor<C, 5>| t.cast(dtype);
                     let h = C::mlstm_chunk_outputs(
-                        on(tensor(q, [g, nc, len, dqk], d)),
-                        on(tensor(k, [g, nc, len, dqk], d)),
-                        on(tensor(v, [g, nc, len, dv], d)),
-                        tensor(f_cum, [g, nc, len], d),
-                        tensor(log_i, [g, nc, len], d),
-                        on(tensor(c_start, [g, nc, dqk, dv], d)),
-                        tensor(n_start, [g, nc, dqk], d),
-                        tensor(m_start, [g, nc], d),
+                        on(tensor(q, [b, nh, nc, len, dqk], d)),
+                        on(tensor(k, [b, nh, nc, len, dqk], d)),
+                        on(tensor(v, [b, nh, nc, len, dv], d)),
+                        tensor(f_cum, [b, nh, nc, len], d),
+                        tensor(log_i, [b, nh, nc, len], d),
+                        on(tensor(c_start, [b, nh, nc, dqk, dv], d)),
+                        tensor(n_start, [b, nh, nc, dqk], d),
+                        tensor(m_start, [b, nh, nc], d),
                     );
                     assert_eq!(h.dtype(), dtype, "outputs: float type");
                     values(h)
                 }
                 let parts = [&q[..], &k, &v, &f_cum, &log_i, &c_start, &n_start, &m_start];
-                let dims = [g, nc, len, dqk, dv];
+                let dims = [b, nh, nc, len, dqk, dv];
                 let got = outputs::<B>(dev, parts, dims, dtype);
                 let want = outputs::<Ref>(&rd, parts, dims, DType::F32);
                 // In f32 the cube backends multiply through burn's matmul, which rounds f32

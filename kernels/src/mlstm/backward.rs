@@ -151,13 +151,11 @@ fn group_backward<B: MlstmBackend>(
         )
     };
     let (c_start, c_end) = B::mlstm_chunk_states(
-        k_w.clone().reshape([b * nh, nc, len, dqk]),
-        v.clone().reshape([b * nh, nc, len, dv]),
-        decay.clone().reshape([b * nh, nc]),
-        state.c.clone().cast(DType::F32).reshape([b * nh, dqk, dv]),
-    );
-    let c_start = c_start.reshape([b, nh, nc, dqk, dv]); // the work type
-    let c_end = c_end.reshape([b, nh, dqk, dv]);
+        k_w.clone(),
+        v.clone(),
+        decay.clone(),
+        state.c.clone().cast(DType::F32),
+    ); // c_start in the work type, c_end f32
     let (n_start, n_end) = scan(
         k_sum.swap_dims(3, 4),
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),

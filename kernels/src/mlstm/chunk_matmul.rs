@@ -1,15 +1,18 @@
 //! The chunkwise mLSTM forward as batched matrix products: TFLA's algorithm (Beck et al. 2025)
-//! written with the backend's ops. The four products (`Kᵀ V` per chunk, `Q Kᵀ`, `(D∘P) V`,
-//! `Q C₀`) run through [`MlstmBackend::mlstm_matmul`] on operands of the inputs' float type (on
-//! CUDA, bf16 and f16 go to tensor cores) with f32 results, except `Kᵀ V`, which feeds the
-//! chunk-boundary states in the inputs' type. The gates are f32. The two recurrences over
-//! chunks (the stabiliser and the chunk-boundary states) are
-//! [`MlstmBackend::mlstm_stabiliser_scan`] and [`MlstmBackend::mlstm_chunk_scan`], one kernel
-//! each on the cube backends.
+//! written with the backend's ops, in three backend primitives: the stabiliser over chunks
+//! ([`MlstmBackend::mlstm_stabiliser_scan`]), the chunk-boundary states
+//! ([`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` per chunk, then the linear scan
+//! [`MlstmBackend::mlstm_chunk_scan`]) and the outputs of every chunk from its start state
+//! ([`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ`, `(D∘P) V`, `Q C₀`, then
+//! [`MlstmBackend::mlstm_chunk_combine`]). Their defaults here run the products through
+//! [`MlstmBackend::mlstm_matmul`] on operands of the inputs' float type (on CUDA, bf16 and f16
+//! go to tensor cores) with f32 results, except `Kᵀ V`, which feeds the chunk-boundary states
+//! in the inputs' type. The gates are f32.
 //!
-//! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there); the chunk-boundary
-//! states are kept in the inputs' float type between the scan and the output products, as
-//! TFLA keeps them, and the final state is f32 throughout.
+//! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there), with the gate
+//! sums within a chunk as differences of the chunk-local sums `F_t` (as the fused f32 kernels
+//! form them); the chunk-boundary states are kept in the inputs' float type between the scan
+//! and the output products, as TFLA keeps them, and the final state is f32 throughout.
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
@@ -60,7 +63,6 @@ fn group_forward<B: MlstmBackend>(
 ) -> (Tensor<B, 4>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
     let nc = s.div_ceil(len);
-    let rows = b * nh; // G: one row per (batch entry, head)
     let dtype = x.q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
     let Chunked {
@@ -70,7 +72,6 @@ fn group_forward<B: MlstmBackend>(
         log_i, // [B, NH, NC, L]
         f_pre,
     } = Chunked::new(x, len, dtype);
-    let per_row = |t: Tensor<B, 5>, d: usize| t.reshape([rows, nc, len, d]);
     let f_cum = log_forget_gate(f_pre).cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
 
@@ -78,44 +79,46 @@ fn group_forward<B: MlstmBackend>(
     let log_w = log_i.clone() + (f_last.clone() - f_cum.clone());
     let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
-        f_last.reshape([rows, nc]),
-        m_loc.clone().reshape([rows, nc]),
-        state.m.clone().cast(DType::F32).reshape([rows]),
+        f_last.reshape([b * nh, nc]),
+        m_loc.clone().reshape([b * nh, nc]),
+        state.m.clone().cast(DType::F32).reshape([b * nh]),
     );
-    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
+    let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
+    let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
+                                            // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
     let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
     let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
     let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
 
     // The chunk-boundary states: C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ (likewise n).
     let (c_start, c_end) = B::mlstm_chunk_states(
-        per_row(k_w, dqk),
-        per_row(v.clone(), dv),
+        k_w,
+        v.clone(),
         decay.clone(),
-        state.c.clone().cast(DType::F32).reshape([rows, dqk, dv]),
+        state.c.clone().cast(DType::F32),
     );
     let (n_start, n_end) = B::mlstm_chunk_scan(
-        decay,
-        k_sum.reshape([rows, nc, dqk]),
-        state.n.clone().cast(DType::F32).reshape([rows, dqk]),
+        decay.reshape([b * nh, nc]),
+        k_sum.reshape([b * nh, nc, dqk]),
+        state.n.clone().cast(DType::F32).reshape([b * nh, dqk]),
         false,
     );
     let h = B::mlstm_chunk_outputs(
-        per_row(q, dqk),
-        per_row(k, dqk),
-        per_row(v, dv),
-        f_cum.reshape([rows, nc, len]),
-        log_i.reshape([rows, nc, len]),
+        q,
+        k,
+        v,
+        f_cum,
+        log_i,
         c_start,
-        n_start,
-        m_all.clone().narrow(1, 0, nc),
+        n_start.reshape([b, nh, nc, dqk]),
+        m_all.clone().narrow(2, 0, nc),
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
-        c: c_end.reshape([b, nh, dqk, dv]).cast(state.c.dtype()),
+        c: c_end.cast(state.c.dtype()),
         n: n_end.reshape([b, nh, dqk]).cast(state.n.dtype()),
         m: m_all
-            .narrow(1, nc, 1)
+            .narrow(2, nc, 1)
             .reshape([b, nh])
             .cast(state.m.dtype()),
     };
@@ -125,26 +128,25 @@ fn group_forward<B: MlstmBackend>(
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` of every chunk as one
 /// batched product (in `k_w`'s float type, as TFLA keeps the states), then the scan.
 pub(crate) fn chunk_states<B: MlstmBackend>(
-    k_w: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    decay: Tensor<B, 2>,
-    c0: Tensor<B, 3>,
-) -> (Tensor<B, 4>, Tensor<B, 3>) {
-    let [g, nc, len, dqk] = k_w.dims();
-    let dv = v.dims()[3];
+    k_w: Tensor<B, 5>,
+    v: Tensor<B, 5>,
+    decay: Tensor<B, 3>,
+    c0: Tensor<B, 4>,
+) -> (Tensor<B, 5>, Tensor<B, 4>) {
+    let [b, nh, nc, _, dqk] = k_w.dims();
+    let dv = v.dims()[4];
     let dtype = k_w.dtype();
-    let kv = B::mlstm_matmul(
-        k_w.reshape([1, g, nc, len, dqk]).swap_dims(3, 4),
-        v.reshape([1, g, nc, len, dv]),
-        dtype,
-    ); // [1, G, NC, DQK, DV]
+    let kv = B::mlstm_matmul(k_w.swap_dims(3, 4), v, dtype); // [B, NH, NC, DQK, DV]
     let (start, end) = B::mlstm_chunk_scan(
-        decay,
-        kv.reshape([g, nc, dqk * dv]),
-        c0.reshape([g, dqk * dv]),
+        decay.reshape([b * nh, nc]),
+        kv.reshape([b * nh, nc, dqk * dv]),
+        c0.reshape([b * nh, dqk * dv]),
         false,
     );
-    (start.reshape([g, nc, dqk, dv]), end.reshape([g, dqk, dv]))
+    (
+        start.reshape([b, nh, nc, dqk, dv]),
+        end.reshape([b, nh, dqk, dv]),
+    )
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_outputs`]: log D_ts = F_t - F_s + ĩ_s
@@ -153,53 +155,45 @@ pub(crate) fn chunk_states<B: MlstmBackend>(
 /// [`MlstmBackend::mlstm_chunk_combine`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_outputs<B: MlstmBackend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    f_cum: Tensor<B, 3>,
-    log_i: Tensor<B, 3>,
-    c_start: Tensor<B, 4>,
-    n_start: Tensor<B, 3>,
-    m_start: Tensor<B, 2>,
-) -> Tensor<B, 4> {
-    let [g, nc, len, dqk] = q.dims();
-    let dv = v.dims()[3];
+    q: Tensor<B, 5>,
+    k: Tensor<B, 5>,
+    v: Tensor<B, 5>,
+    f_cum: Tensor<B, 4>,
+    log_i: Tensor<B, 4>,
+    c_start: Tensor<B, 5>,
+    n_start: Tensor<B, 4>,
+    m_start: Tensor<B, 3>,
+) -> Tensor<B, 5> {
+    let [b, nh, nc, len, dqk] = q.dims();
+    let dv = v.dims()[4];
     let dtype = q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
-    // Products over the last two dims of [1, G, NC, ·, ·] views (a transposed operand stays a
-    // strided view: no copy).
-    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| {
-        let [.., m, _] = lhs.dims();
-        let n = rhs.dims()[4];
-        B::mlstm_matmul(lhs, rhs, out).reshape([g, nc, m, n])
-    };
-    let five = |t: Tensor<B, 4>| t.unsqueeze::<5>();
+    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
     let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &q.device());
-    let causal = causal.unsqueeze::<4>().expand([g, nc, len, len]);
-    let seg = f_cum.clone().unsqueeze_dim::<4>(3) - f_cum.clone().unsqueeze_dim::<4>(2); // F_t - F_s
-    let log_d = (seg + log_i.unsqueeze_dim::<4>(2)).mask_fill(causal, M_EMPTY);
-    let log_start = (m_start.unsqueeze_dim::<3>(2) + f_cum).unsqueeze_dim::<4>(3); // [G, NC, L, 1]
-    let stab = log_d.clone().max_dim(3).max_pair(log_start.clone());
-    let scores = mm(five(q.clone()), five(k).swap_dims(3, 4), DType::F32); // q_t·k_s
+    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
+    let seg = f_cum.clone().unsqueeze_dim::<5>(4) - f_cum.clone().unsqueeze_dim::<5>(3); // F_t - F_s
+    let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
+    let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
+    let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
+    let scores = mm(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
     let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
-    let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [G, NC, L, 1]
+    let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
 
     // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
     // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
     // row cancel; the split leaves 2⁻¹⁶ of it.
     let p_high = p.clone().cast(dtype);
-    let num = mm(five(p_high.clone()), five(v.clone()), DType::F32);
+    let num = mm(p_high.clone(), v.clone(), DType::F32);
     let num_lo = (dtype != DType::F32).then(|| {
         let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
-        mm(five(p_low), five(v), DType::F32)
+        mm(p_low, v, DType::F32)
     });
     // The start state's terms with the exact q (the row factor applied to the f32 products).
-    let qc = mm(five(q.clone()), five(c_start), DType::F32);
-    let qn =
-        p.sum_dim(3) + mm(five(q), five(n_start.unsqueeze_dim::<4>(3)), DType::F32) * gain.clone();
-    let rows = g * nc * len;
-    let flat = |t: Tensor<B, 4>| t.reshape([rows, dv]);
-    let row = |t: Tensor<B, 4>| t.reshape([rows]);
+    let qc = mm(q.clone(), c_start, DType::F32);
+    let qn = p.sum_dim(4) + mm(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
+    let rows = b * nh * nc * len;
+    let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
+    let row = |t: Tensor<B, 5>| t.reshape([rows]);
     B::mlstm_chunk_combine(
         flat(num),
         num_lo.map(flat),
@@ -209,7 +203,7 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
         row(stab),
         dtype,
     )
-    .reshape([g, nc, len, dv])
+    .reshape([b, nh, nc, len, dv])
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].

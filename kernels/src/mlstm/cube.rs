@@ -14,9 +14,7 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::batched_matmul;
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
-use super::outputs_mma_kernel::{chunk_outputs_mma_kernel, MMA_CHUNK, OUT_PLANES};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
-use super::states_mma_kernel::{chunk_states_mma_kernel, STATE_PLANES, STATE_TILE};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::MlstmBackend;
 
@@ -169,30 +167,6 @@ fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool
         .cmma
         .iter()
         .any(|mma| mma.a_type == elem && mma.b_type == elem)
-}
-
-/// Whether the fused tensor-core kernels (`states_mma_kernel.rs`, `outputs_mma_kernel.rs`)
-/// take these shapes: a half type with 16×16×16 `cmma` fragments and f32 accumulation on a
-/// device of 32-unit planes, and whole fragments along the chunk, `DQK` and `DV` (which also
-/// aligns every fragment load to 32 bytes).
-fn fragments_fit<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    dtype: DType,
-    len: usize,
-    dqk: usize,
-    dv: usize,
-) -> bool {
-    if !matches!(dtype, DType::BF16 | DType::F16) {
-        return false;
-    }
-    let elem: StorageType = dtype.into();
-    let acc: StorageType = DType::F32.into();
-    let props = client.properties();
-    let planes = props.hardware.plane_size_min == 32 && props.hardware.plane_size_max == 32;
-    let mma = props.features.matmul.cmma.iter().any(|c| {
-        c.a_type == elem && c.b_type == elem && c.cd_type == acc && (c.m, c.n, c.k) == (16, 16, 16)
-    });
-    planes && mma && [len, dqk, dv].iter().all(|d| d % 16 == 0)
 }
 
 impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
@@ -441,101 +415,6 @@ where
             gain.clone().into_tensor_arg(),
         );
         (wrap(m_all), wrap(decay), wrap(gain))
-    }
-
-    fn mlstm_chunk_states(
-        k_w: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        decay: Tensor<Self, 2>,
-        c0: Tensor<Self, 3>,
-    ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
-        let [g, nc, len, dqk] = k_w.dims();
-        let dv = v.dims()[3];
-        let dtype = k_w.dtype();
-        let tiles = dqk.div_ceil(STATE_TILE) * dv.div_ceil(STATE_TILE);
-        let client = k_w.clone().into_primitive().tensor().client;
-        if !fragments_fit(&client, dtype, len, dqk, dv)
-            || v.dtype() != dtype
-            || nc == 0
-            || tiles > MAX_CUBES
-            || g > MAX_CUBES
-        {
-            return super::chunk_matmul::chunk_states(k_w, v, decay, c0);
-        }
-        let k_w = prim(k_w);
-        let c_start = empty(&k_w, vec![g, nc, dqk, dv], dtype);
-        let c_end = empty(&k_w, vec![g, dqk, dv], DType::F32);
-        // SAFETY: the kernel's accesses are in bounds by construction (its doc); the shapes
-        // and float types are the ones checked above.
-        unsafe {
-            chunk_states_mma_kernel::launch_unchecked::<R>(
-                &client,
-                CubeCount::Static(tiles as u32, g as u32, 1),
-                CubeDim::new_1d((32 * STATE_PLANES) as u32),
-                k_w.into_tensor_arg(),
-                prim(v).into_tensor_arg(),
-                prim(decay.cast(DType::F32)).into_tensor_arg(),
-                prim(c0.cast(DType::F32)).into_tensor_arg(),
-                c_start.clone().into_tensor_arg(),
-                c_end.clone().into_tensor_arg(),
-                len,
-                dtype.into(),
-            );
-        }
-        (wrap(c_start), wrap(c_end))
-    }
-
-    fn mlstm_chunk_outputs(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        f_cum: Tensor<Self, 3>,
-        log_i: Tensor<Self, 3>,
-        c_start: Tensor<Self, 4>,
-        n_start: Tensor<Self, 3>,
-        m_start: Tensor<Self, 2>,
-    ) -> Tensor<Self, 4> {
-        let [g, nc, len, dqk] = q.dims();
-        let dv = v.dims()[3];
-        let dtype = q.dtype();
-        let tv = 64;
-        let tiles = nc * dv.div_ceil(tv);
-        let client = q.clone().into_primitive().tensor().client;
-        if len != MMA_CHUNK
-            || !fragments_fit(&client, dtype, len, dqk, dv)
-            || [k.dtype(), v.dtype(), c_start.dtype()] != [dtype; 3]
-            || tiles > MAX_CUBES
-            || g > MAX_CUBES
-        {
-            return super::chunk_matmul::chunk_outputs(
-                q, k, v, f_cum, log_i, c_start, n_start, m_start,
-            );
-        }
-        let q = prim(q);
-        let h = empty(&q, vec![g, nc, len, dv], dtype);
-        let f32 = |t: Tensor<Self, 3>| prim(t.cast(DType::F32));
-        // SAFETY: as for the state kernel above.
-        unsafe {
-            chunk_outputs_mma_kernel::launch_unchecked::<R>(
-                &client,
-                CubeCount::Static(tiles as u32, g as u32, 1),
-                CubeDim::new_1d((32 * OUT_PLANES) as u32),
-                q.into_tensor_arg(),
-                prim(k).into_tensor_arg(),
-                prim(v).into_tensor_arg(),
-                f32(f_cum).into_tensor_arg(),
-                f32(log_i).into_tensor_arg(),
-                prim(c_start).into_tensor_arg(),
-                f32(n_start).into_tensor_arg(),
-                prim(m_start.cast(DType::F32)).into_tensor_arg(),
-                h.clone().into_tensor_arg(),
-                1.0 / (dqk as f32).sqrt(),
-                EPS as f32,
-                tv,
-                dtype.into(),
-            );
-        }
-        wrap(h)
     }
 
     fn mlstm_chunk_combine(

@@ -21,11 +21,7 @@ mod cube_matmul;
 #[cfg(feature = "cube")]
 mod dots_kernel;
 #[cfg(feature = "cube")]
-mod outputs_mma_kernel;
-#[cfg(feature = "cube")]
 mod scan_kernel;
-#[cfg(feature = "cube")]
-mod states_mma_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
@@ -103,39 +99,41 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The chunk-boundary states of the chunkwise form (eq. 19 summed over each chunk): from
-    /// `c0 [G, DQK, DV]`, per chunk `c` the update `C ← a_c C + K_wᵀ V` with the chunk's
-    /// weighted keys `k_w [G, NC, L, DQK]`, its values `v [G, NC, L, DV]` (one float type) and
-    /// `decay [G, NC]`; `c0` and `decay` f32. Returns `C` before every chunk
-    /// `[G, NC, DQK, DV]` in `k_w`'s float type and after the last `[G, DQK, DV]` in f32. The
-    /// default is a batched product and [`Self::mlstm_chunk_scan`]; the cube backends fuse both
-    /// on tensor cores for half types.
+    /// `c0 [B, NH, DQK, DV]`, per chunk `c` the update `C ← a_c C + K_wᵀ V` with the chunk's
+    /// weighted keys `k_w [B, NH, NC, L, DQK]`, its values `v [B, NH, NC, L, DV]` (one float
+    /// type) and `decay [B, NH, NC]`; `c0` and `decay` f32. Returns `C` before every chunk
+    /// `[B, NH, NC, DQK, DV]` in `k_w`'s float type and after the last `[B, NH, DQK, DV]` in
+    /// f32. The default is a batched product and [`Self::mlstm_chunk_scan`] (on the cube
+    /// backends, the product on tensor cores for half types and the scan one kernel): the seam
+    /// for a fused state kernel (docs/kernels.md: one was tried and was slower).
     fn mlstm_chunk_states(
-        k_w: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        decay: Tensor<Self, 2>,
-        c0: Tensor<Self, 3>,
-    ) -> (Tensor<Self, 4>, Tensor<Self, 3>) {
+        k_w: Tensor<Self, 5>,
+        v: Tensor<Self, 5>,
+        decay: Tensor<Self, 3>,
+        c0: Tensor<Self, 4>,
+    ) -> (Tensor<Self, 5>, Tensor<Self, 4>) {
         chunk_matmul::chunk_states(k_w, v, decay, c0)
     }
 
-    /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k [G, NC,
-    /// L, DQK]` and `v [G, NC, L, DV]` of one float type, the chunk-local sums of `log f`
-    /// `f_cum [G, NC, L]` and `log_i [G, NC, L]` (f32; padding tokens carry `M_EMPTY`), the
-    /// chunk-start `c_start [G, NC, DQK, DV]` (the inputs' type), `n_start [G, NC, DQK]` and
-    /// `m_start [G, NC]` (f32). Returns `h [G, NC, L, DV]` in the inputs' type. The default is
-    /// batched products and [`Self::mlstm_chunk_combine`]; the cube backends run one kernel on
-    /// tensor cores for half types and 64-token chunks.
+    /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k
+    /// [B, NH, NC, L, DQK]` and `v [B, NH, NC, L, DV]` of one float type, the chunk-local sums
+    /// of `log f` `f_cum [B, NH, NC, L]` and `log_i [B, NH, NC, L]` (f32; padding tokens carry
+    /// `M_EMPTY`), the chunk-start `c_start [B, NH, NC, DQK, DV]` (the inputs' type),
+    /// `n_start [B, NH, NC, DQK]` and `m_start [B, NH, NC]` (f32). Returns
+    /// `h [B, NH, NC, L, DV]` in the inputs' type. The default is batched products through
+    /// [`Self::mlstm_matmul`] and [`Self::mlstm_chunk_combine`]: the seam for a fused output
+    /// kernel (docs/kernels.md: one was tried and was slower).
     #[allow(clippy::too_many_arguments)]
     fn mlstm_chunk_outputs(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        f_cum: Tensor<Self, 3>,
-        log_i: Tensor<Self, 3>,
-        c_start: Tensor<Self, 4>,
-        n_start: Tensor<Self, 3>,
-        m_start: Tensor<Self, 2>,
-    ) -> Tensor<Self, 4> {
+        q: Tensor<Self, 5>,
+        k: Tensor<Self, 5>,
+        v: Tensor<Self, 5>,
+        f_cum: Tensor<Self, 4>,
+        log_i: Tensor<Self, 4>,
+        c_start: Tensor<Self, 5>,
+        n_start: Tensor<Self, 4>,
+        m_start: Tensor<Self, 3>,
+    ) -> Tensor<Self, 5> {
         chunk_matmul::chunk_outputs(q, k, v, f_cum, log_i, c_start, n_start, m_start)
     }
 
