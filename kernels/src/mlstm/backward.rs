@@ -34,6 +34,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
+use super::chunk_matmul::scan_chunks;
 use super::chunked::{batch_groups, chunks, Chunked};
 use super::MlstmBackend;
 
@@ -138,17 +139,7 @@ fn group_backward<B: MlstmBackend>(
 
     // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
     let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
-        let [_, _, _, d1, d2] = b_c.dims();
-        let (out, last) = B::mlstm_chunk_scan(
-            a.reshape([b * nh, nc]),
-            b_c.reshape([b * nh, nc, d1 * d2]),
-            x0.reshape([b * nh, d1 * d2]),
-            reverse,
-        );
-        (
-            out.reshape([b, nh, nc, d1, d2]),
-            last.reshape([b, nh, d1, d2]),
-        )
+        scan_chunks(a, b_c, x0, reverse)
     };
     let (c_start, c_end) = B::mlstm_chunk_states(
         k_w.clone(),

@@ -97,10 +97,10 @@ fn group_forward<B: MlstmBackend>(
         decay.clone(),
         state.c.clone().cast(DType::F32),
     );
-    let (n_start, n_end) = B::mlstm_chunk_scan(
-        decay.reshape([b * nh, nc]),
-        k_sum.reshape([b * nh, nc, dqk]),
-        state.n.clone().cast(DType::F32).reshape([b * nh, dqk]),
+    let (n_start, n_end) = scan_chunks(
+        decay,
+        k_sum.swap_dims(3, 4), // [B, NH, NC, DQK, 1]
+        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
         false,
     );
     let h = B::mlstm_chunk_outputs(
@@ -133,19 +133,31 @@ pub(crate) fn chunk_states<B: MlstmBackend>(
     decay: Tensor<B, 3>,
     c0: Tensor<B, 4>,
 ) -> (Tensor<B, 5>, Tensor<B, 4>) {
-    let [b, nh, nc, _, dqk] = k_w.dims();
-    let dv = v.dims()[4];
     let dtype = k_w.dtype();
     let kv = B::mlstm_matmul(k_w.swap_dims(3, 4), v, dtype); // [B, NH, NC, DQK, DV]
-    let (start, end) = B::mlstm_chunk_scan(
-        decay.reshape([b * nh, nc]),
-        kv.reshape([b * nh, nc, dqk * dv]),
-        c0.reshape([b * nh, dqk * dv]),
-        false,
+    scan_chunks(decay, kv, c0, false)
+}
+
+/// [`MlstmBackend::mlstm_chunk_scan`] over per-head stacks: `x ← a_c x + b_c` with
+/// `a [B, NH, NC]`, `b [B, NH, NC, D1, D2]` and `x0 [B, NH, D1, D2]` (f32). Returns `x` before
+/// every step in `b`'s float type and after the last in f32.
+pub(crate) fn scan_chunks<B: MlstmBackend>(
+    a: Tensor<B, 3>,
+    b: Tensor<B, 5>,
+    x0: Tensor<B, 4>,
+    reverse: bool,
+) -> (Tensor<B, 5>, Tensor<B, 4>) {
+    let [batch, nh, nc, d1, d2] = b.dims();
+    let rows = batch * nh;
+    let (out, last) = B::mlstm_chunk_scan(
+        a.reshape([rows, nc]),
+        b.reshape([rows, nc, d1 * d2]),
+        x0.reshape([rows, d1 * d2]),
+        reverse,
     );
     (
-        start.reshape([b, nh, nc, dqk, dv]),
-        end.reshape([b, nh, dqk, dv]),
+        out.reshape([batch, nh, nc, d1, d2]),
+        last.reshape([batch, nh, d1, d2]),
     )
 }
 
