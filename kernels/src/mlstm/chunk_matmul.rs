@@ -85,7 +85,8 @@ fn group_forward<B: MlstmBackend>(
     );
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
-                                            // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
+
+    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
     let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
     let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
     let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
