@@ -245,18 +245,21 @@ fn run<B: MlstmBackend>(
     }
 }
 
-fn shape_wanted(index: usize) -> bool {
-    match std::env::var("MLSTM_BENCH_SHAPES") {
-        Ok(list) => list.split(',').any(|i| i.trim() == index.to_string()),
+/// Whether `item` is in the comma list of the environment variable `var` (everything is, where
+/// `var` is unset).
+fn listed(var: &str, item: &str) -> bool {
+    match std::env::var(var) {
+        Ok(list) => list.split(',').any(|entry| entry.trim() == item),
         Err(_) => true,
     }
 }
 
+fn shape_wanted(index: usize) -> bool {
+    listed("MLSTM_BENCH_SHAPES", &index.to_string())
+}
+
 fn wanted(name: &str) -> bool {
-    match std::env::var("MLSTM_BENCH_BACKENDS") {
-        Ok(list) => list.split(',').any(|b| b.trim() == name),
-        Err(_) => true,
-    }
+    listed("MLSTM_BENCH_BACKENDS", name)
 }
 
 fn main() {

@@ -137,20 +137,18 @@ fn group_backward<B: MlstmBackend>(
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
     let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
 
-    // `b_c` of the work type gives states of the work type; `x0` and the last state are f32.
-    let scan = |b_c: Tensor<B, 5>, x0: Tensor<B, 4>, a: Tensor<B, 3>, reverse: bool| {
-        scan_chunks(a, b_c, x0, reverse)
-    };
+    // States of the work type (`b_c` of the work type in `scan_chunks`); `x0` and the last
+    // state are f32.
     let (c_start, c_end) = B::mlstm_chunk_states(
         k_w.clone(),
         v.clone(),
         decay.clone(),
         state.c.clone().cast(DType::F32),
     ); // c_start in the work type, c_end f32
-    let (n_start, n_end) = scan(
+    let (n_start, n_end) = scan_chunks(
+        decay.clone(),
         k_sum.swap_dims(3, 4),
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
-        decay.clone(),
         false,
     );
     let n_start = n_start.reshape([b, nh, nc, dqk]); // f32
@@ -208,11 +206,11 @@ fn group_backward<B: MlstmBackend>(
 
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
     // chunk's outputs' term), likewise dn; dC₁ of every chunk is kept.
-    let (dc_end, dc0) = scan(dc_intra, dstate.c.cast(DType::F32), decay.clone(), true);
-    let (dn_end, dn0) = scan(
+    let (dc_end, dc0) = scan_chunks(decay.clone(), dc_intra, dstate.c.cast(DType::F32), true);
+    let (dn_end, dn0) = scan_chunks(
+        decay.clone(),
         dn_intra.unsqueeze_dim::<5>(4),
         dstate.n.cast(DType::F32).unsqueeze_dim::<4>(3),
-        decay.clone(),
         true,
     );
     let dn_end = dn_end.reshape([b, nh, nc, dqk]);
@@ -249,10 +247,10 @@ fn group_backward<B: MlstmBackend>(
         + decay_term.clone()
         + dm_intra.clone();
     let alpha = from_decay.clone().float().cast(DType::F32);
-    let (dm_end, dm0) = scan(
+    let (dm_end, dm0) = scan_chunks(
+        alpha,
         beta.reshape([b, nh, nc, 1, 1]),
         dstate.m.cast(DType::F32).reshape([b, nh, 1, 1]),
-        alpha,
         true,
     );
     let dm_new = dm_end.reshape([b, nh, nc]) - with_next; // d m₁ of every chunk

@@ -181,14 +181,13 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let dv = v.dims()[4];
     let dtype = q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
-    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
     let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &q.device());
     let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
     let seg = f_cum.clone().unsqueeze_dim::<5>(4) - f_cum.clone().unsqueeze_dim::<5>(3); // F_t - F_s
     let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
     let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
     let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
-    let scores = mm(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
+    let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
     let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
     let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
 
@@ -196,14 +195,15 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
     // row cancel; the split leaves 2⁻¹⁶ of it.
     let p_high = p.clone().cast(dtype);
-    let num = mm(p_high.clone(), v.clone(), DType::F32);
+    let num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
     let num_lo = (dtype != DType::F32).then(|| {
         let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
-        mm(p_low, v, DType::F32)
+        B::mlstm_matmul(p_low, v, DType::F32)
     });
     // The start state's terms with the exact q (the row factor applied to the f32 products).
-    let qc = mm(q.clone(), c_start, DType::F32);
-    let qn = p.sum_dim(4) + mm(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
+    let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
+    let qn =
+        p.sum_dim(4) + B::mlstm_matmul(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
     let rows = b * nh * nc * len;
     let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);
