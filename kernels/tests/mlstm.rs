@@ -507,41 +507,68 @@ fn tracked<A: burn::tensor::backend::AutodiffBackend>(
     (x, state)
 }
 
-/// The loss `Σ h∘W + Σ C∘Wc + Σ n∘Wn + Σ m∘Wm` and the gradients of every tracked input
-/// (q, k, v, ĩ, f̃, then C₀, n₀, m₀ where there is a state).
+/// Which outputs of the chunkwise form the loss reads (the backward node gets no gradient for
+/// the others).
+#[derive(Clone, Copy, Debug)]
+enum LossOf {
+    Both,
+    Output,
+    FinalState,
+}
+
+/// The loss `Σ h∘W + Σ C∘Wc + Σ n∘Wn + Σ m∘Wm` (the `h` or the state terms alone, as `of`
+/// says) and the gradients of every tracked input (q, k, v, ĩ, f̃, then C₀, n₀, m₀ where there
+/// is a state).
 fn loss_grads<A: burn::tensor::backend::AutodiffBackend>(
     x: &MlstmInputs<A>,
     state: Option<MlstmState<A>>,
     (h, end): (Tensor<A, 4>, MlstmState<A>),
     w: &[Vec<f32>; 4],
+    of: LossOf,
 ) -> Vec<Vec<f64>> {
     let dev = h.device();
     let [b, nh, s, dv] = h.dims();
     let dqk = x.q.dims()[3];
     // In f32: h is of the inputs' type, the weights f32.
-    let loss = (h.cast(DType::F32) * tensor::<A, 4>(&w[0], [b, nh, s, dv], &dev)).sum()
-        + (end.c * tensor::<A, 4>(&w[1], [b, nh, dqk, dv], &dev)).sum()
+    let of_h = (h.cast(DType::F32) * tensor::<A, 4>(&w[0], [b, nh, s, dv], &dev)).sum();
+    let of_state = (end.c * tensor::<A, 4>(&w[1], [b, nh, dqk, dv], &dev)).sum()
         + (end.n * tensor::<A, 3>(&w[2], [b, nh, dqk], &dev)).sum()
         + (end.m * tensor::<A, 2>(&w[3], [b, nh], &dev)).sum();
+    let loss = match of {
+        LossOf::Both => of_h + of_state,
+        LossOf::Output => of_h,
+        LossOf::FinalState => of_state,
+    };
     let g = loss.backward();
     let mut out = vec![
-        values(x.q.grad(&g).unwrap()),
-        values(x.k.grad(&g).unwrap()),
-        values(x.v.grad(&g).unwrap()),
-        values(x.i_preact.grad(&g).unwrap()),
-        values(x.f_preact.grad(&g).unwrap()),
+        grad_of(&x.q, &g),
+        grad_of(&x.k, &g),
+        grad_of(&x.v, &g),
+        grad_of(&x.i_preact, &g),
+        grad_of(&x.f_preact, &g),
     ];
     if let Some(st) = state {
-        out.push(values(st.c.grad(&g).unwrap()));
-        out.push(values(st.n.grad(&g).unwrap()));
-        out.push(values(st.m.grad(&g).unwrap()));
+        out.push(grad_of(&st.c, &g));
+        out.push(grad_of(&st.n, &g));
+        out.push(grad_of(&st.m, &g));
     }
     out
 }
 
+/// The gradient of `t`, zeros where the loss does not depend on it (`q` when the loss reads the
+/// final state alone).
+fn grad_of<A: burn::tensor::backend::AutodiffBackend, const D: usize>(
+    t: &Tensor<A, D>,
+    grads: &A::Gradients,
+) -> Vec<f64> {
+    t.grad(grads)
+        .map_or_else(|| vec![0.0; t.shape().num_elements()], values)
+}
+
 /// Gradients of `B::mlstm_chunkwise` under autodiff (the backward node) against autodiff of the
-/// reference on NdArray, with and without a (tracked) initial state, the final state in the
-/// loss, on awkward shapes.
+/// reference on NdArray, with and without a (tracked) initial state, on awkward shapes; the loss
+/// reads `h` and the final state, and in f32 also `h` alone (even cases) or the final state
+/// alone (odd cases).
 fn gradients<B: MlstmBackend>(dev: &B::Device) {
     type A<B> = Autodiff<B>;
     type RA = Autodiff<Ref>;
@@ -570,17 +597,27 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
             r.uniform(b * nh * dqk, -1.0, 1.0),
             r.uniform(b * nh, -1.0, 1.0),
         ];
-        for with_state in [false, true] {
+        let alone = if n % 2 == 0 {
+            LossOf::Output
+        } else {
+            LossOf::FinalState
+        };
+        for (with_state, of) in [false, true]
+            .into_iter()
+            .flat_map(|w| [(w, LossOf::Both), (w, alone)])
+        {
             let (rx, rs) = tracked::<RA>(&p, with_state, &Default::default());
             let out = mlstm::chunkwise(&rx, rs.clone(), chunk).unwrap();
-            let want = loss_grads(&rx, rs, out, &w);
+            let want = loss_grads(&rx, rs, out, &w, of);
 
             let (x, st) = tracked::<A<B>>(&p, with_state, dev);
             let out = A::<B>::mlstm_chunkwise(&x, st.clone(), chunk).unwrap();
-            let got = loss_grads(&x, st, out, &w);
+            let got = loss_grads(&x, st, out, &w, of);
             let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];
             for ((name, got), want) in names.iter().zip(got).zip(want) {
-                let what = format!("grad {name} of {dims:?} chunk {chunk} state {with_state}");
+                let what = format!(
+                    "grad {name} of {dims:?} chunk {chunk} state {with_state} loss of {of:?}"
+                );
                 // m₀'s gradient is a difference of inner products ⟨dC, C⟩ (cancellation): seen
                 // 1.03e-4 on Vulkan. burn's f32 matmul on CUDA rounds like TF32: seen up to
                 // 5.8e-3 here, and 5.6e-3 for autodiff of the reference alone on CUDA.
@@ -593,17 +630,17 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                 };
                 check(&what, got, want, bound);
             }
-            if let Some(half_type) = half_type {
+            if let (Some(half_type), LossOf::Both) = (half_type, of) {
                 // Half-type inputs (f32 state): the tensor-core path where the device has one,
                 // against the f32 reference on the same bf16-rounded inputs.
                 let pb = Problem::new(70 + n as u64, dims, f_range).bf16();
                 let (rx, rs) = tracked::<RA>(&pb, with_state, &Default::default());
                 let out = mlstm::chunkwise(&rx, rs.clone(), chunk).unwrap();
-                let want = loss_grads(&rx, rs, out, &w);
+                let want = loss_grads(&rx, rs, out, &w, of);
                 let (x, st) = tracked::<A<B>>(&pb, with_state, dev);
                 let half = cast_inputs(x.clone(), half_type);
                 let out = A::<B>::mlstm_chunkwise(&half, st.clone(), chunk).unwrap();
-                let got = loss_grads(&x, st, out, &w);
+                let got = loss_grads(&x, st, out, &w, of);
                 let names = ["q", "k", "v", "i", "f", "C0", "n0", "m0"];
                 for ((name, got), want) in names.iter().zip(got).zip(want) {
                     let what = format!(
@@ -770,6 +807,38 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     values(want_next),
                     1e-5,
                 );
+            });
+        }
+        // The backward's first step through the outputs: dh / den in the work type, dh·h.
+        for &(rows, dv) in &[(1, 1), (9, 3), (17, 6), (100, 130), (64, 512), (3, 1001)] {
+            let dh = round_bf16(&r.uniform(rows * dv, -2.0, 2.0));
+            let h = round_bf16(&r.uniform(rows * dv, -2.0, 2.0));
+            let den = r.uniform(rows, 0.5, 4.0);
+            keep_going(&mut failures, || {
+                let on = |t: Tensor<B, 2>| if is_half { t.cast(dtype) } else { t };
+                let (dnum, dot) = B::mlstm_backward_rows(
+                    on(tensor(&dh, [rows, dv], dev)),
+                    on(tensor(&h, [rows, dv], dev)),
+                    tensor(&den, [rows], dev),
+                    dtype,
+                );
+                assert_eq!(dnum.dtype(), dtype, "backward rows: dnum in the work type");
+                let rd = Default::default();
+                let (want_dnum, want_dot) = Ref::mlstm_backward_rows(
+                    tensor(&dh, [rows, dv], &rd),
+                    tensor(&h, [rows, dv], &rd),
+                    tensor(&den, [rows], &rd),
+                    DType::F32,
+                );
+                let what = format!("backward rows {dtype:?} [{rows}, {dv}]");
+                let bound = if is_half { 5e-3 } else { 1e-6 };
+                check(
+                    &format!("{what} dnum"),
+                    values(dnum),
+                    values(want_dnum),
+                    bound,
+                );
+                check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
             });
         }
         // The chunk-boundary states and the outputs from them, on this backend (its products

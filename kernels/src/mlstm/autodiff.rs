@@ -1,7 +1,16 @@
-//! `MlstmBackend` for `Autodiff<B>`: the inner backend's chunkwise forward as one autodiff node
-//! of eight parents (`q, k, v, ĩ, f̃` and the initial `C, n, m`), whose backward is
-//! `B::mlstm_chunkwise_backward`. The node's one output packs `h` and the final state per
-//! (batch entry, head): `[B, NH, S·DV + DQK·DV + DQK + 1]` in the state's float type.
+//! `MlstmBackend` for `Autodiff<B>`: the inner backend's chunkwise forward as two autodiff
+//! nodes whose one backward is `B::mlstm_chunkwise_backward`.
+//!
+//! burn's nodes have one output each, and the chunkwise form has two: `h` and the final state.
+//! The **state node** has the eight parents (`q, k, v, ĩ, f̃` and the initial `C, n, m`) and
+//! outputs the final state packed per (batch entry, head), `[B, NH, DQK·DV + DQK + 1]` in the
+//! state's float type. The **output node** outputs `h` in the inputs' float type; its one parent
+//! is the state node, so burn runs its backward first. That backward only hands `dh` over
+//! (through a shared slot) and registers a zero gradient for the state node, whose backward then
+//! runs the whole chunkwise backward with `dh` and `dstate`. (One node that packed `h` with the
+//! state cost an f32 copy of `h` each way, ≈ 5 ms of 52 at the first benchmark shape.)
+
+use std::sync::{Arc, Mutex};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,17 +26,22 @@ use xlstm_cells::CellError;
 
 use super::MlstmBackend;
 
-/// The autodiff node of one chunkwise call.
+/// `dh`, handed from the output node's backward to the state node's backward.
+type Handoff<B> = Arc<Mutex<Option<Tensor<B, 4>>>>;
+
+/// The state node of one chunkwise call: its backward is the whole chunkwise backward.
 #[derive(Debug)]
 struct ChunkwiseBackward;
 
-/// What the backward reads: the inputs, the initial state and the chunk size (the chunk-boundary
-/// states are recomputed).
+/// What the backward reads: the inputs, the initial state, the output `h` and the chunk size
+/// (the chunk-boundary states are recomputed), and the slot the output node fills with `dh`.
 #[derive(Debug, Clone)]
 struct ChunkwiseSaved<B: Backend> {
     x: MlstmInputs<B>,
     state: MlstmState<B>,
+    h: Tensor<B, 4>,
     chunk_size: usize,
+    dh: Handoff<B>,
 }
 
 impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
@@ -38,12 +52,19 @@ impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
         let ChunkwiseSaved {
             x,
             state,
+            h,
             chunk_size,
+            dh,
         } = ops.state;
-        let [_, _, seq, _, _] = x.dims().expect("checked by the forward");
         let dout = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(dout));
-        let (dh, dstate) = unpack(dout, seq, x.v.dims()[3], state.dims()[2]);
-        let (dx, ds) = B::mlstm_chunkwise_backward(&x, state, chunk_size, dh, dstate);
+        let dstate = unpack(dout, x.v.dims()[3], state.dims()[2]);
+        // No `dh` where `h` is not in the loss (the output node's backward did not run).
+        let taken = dh
+            .lock()
+            .expect("the slot is only locked to move dh")
+            .take();
+        let dh = taken.unwrap_or_else(|| h.zeros_like());
+        let (dx, ds) = B::mlstm_chunkwise_backward(&x, state, chunk_size, h, dh, dstate);
         let prim4 = |t: Tensor<B, 4>| t.into_primitive().tensor();
         let prim3 = |t: Tensor<B, 3>| t.into_primitive().tensor();
         let all = [
@@ -64,27 +85,48 @@ impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
     }
 }
 
-/// `h [B, NH, S, DV]` and the state from the packed `[B, NH, S·DV + DQK·DV + DQK + 1]`.
-fn unpack<B: Backend>(
-    out: Tensor<B, 3>,
-    seq: usize,
-    dv: usize,
-    dqk: usize,
-) -> (Tensor<B, 4>, MlstmState<B>) {
+/// The output node of one chunkwise call: its backward hands `dh` to the state node's.
+#[derive(Debug)]
+struct OutputBackward;
+
+/// The slot for `dh` and the packed state, whose shape the zero gradient takes.
+#[derive(Debug, Clone)]
+struct OutputSaved<B: Backend> {
+    dh: Handoff<B>,
+    packed: [usize; 3],
+}
+
+impl<B: MlstmBackend> Backward<B, 1> for OutputBackward {
+    type State = OutputSaved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dh = grads.consume::<B>(&ops.node);
+        let OutputSaved { dh: slot, packed } = ops.state;
+        let dh = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(dh));
+        let device = dh.device();
+        *slot.lock().expect("the slot is only locked to move dh") = Some(dh);
+        if let Some(parent) = &ops.parents[0] {
+            let zeros = Tensor::<B, 3>::zeros(packed, &device);
+            grads.register::<B>(parent.id, zeros.into_primitive().tensor());
+        }
+    }
+}
+
+/// The final state from the packed `[B, NH, DQK·DV + DQK + 1]`.
+fn unpack<B: Backend>(out: Tensor<B, 3>, dv: usize, dqk: usize) -> MlstmState<B> {
     let [b, nh, _] = out.dims();
     let part = |from: usize, len: usize| out.clone().narrow(2, from, len);
-    let state = MlstmState {
-        c: part(seq * dv, dqk * dv).reshape([b, nh, dqk, dv]),
-        n: part(seq * dv + dqk * dv, dqk),
-        m: part(seq * dv + dqk * dv + dqk, 1).reshape([b, nh]),
-    };
-    (part(0, seq * dv).reshape([b, nh, seq, dv]), state)
+    MlstmState {
+        c: part(0, dqk * dv).reshape([b, nh, dqk, dv]),
+        n: part(dqk * dv, dqk),
+        m: part(dqk * dv + dqk, 1).reshape([b, nh]),
+    }
 }
 
 /// `h` and the final state under `Autodiff<B, C>`.
 type Output<B, C> = (Tensor<Autodiff<B, C>, 4>, MlstmState<Autodiff<B, C>>);
 
-/// The chunkwise form of `B` as one node of `Autodiff<B>`.
+/// The chunkwise form of `B` as the two nodes of `Autodiff<B>` (module doc).
 fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
     x: &MlstmInputs<Autodiff<B, C>>,
     state: Option<MlstmState<Autodiff<B, C>>>,
@@ -96,7 +138,6 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
         return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
     }
     let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
-    let dtype = x.q.dtype();
     let inner_x = MlstmInputs {
         q: x.q.clone().inner(),
         k: x.k.clone().inner(),
@@ -109,15 +150,14 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
     let state_dtype = end.c.dtype();
     let packed = Tensor::cat(
         vec![
-            h.reshape([b, nh, s * dv]).cast(state_dtype),
             end.c.reshape([b, nh, dqk * dv]),
             end.n.cast(state_dtype),
             end.m.reshape([b, nh, 1]).cast(state_dtype),
         ],
         2,
-    )
-    .into_primitive()
-    .tensor();
+    );
+    let packed_dims = packed.dims();
+    let packed = packed.into_primitive().tensor();
     let nodes = [
         x.q.clone().into_primitive().tensor().node,
         x.k.clone().into_primitive().tensor().node,
@@ -128,7 +168,8 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
         state.n.into_primitive().tensor().node,
         state.m.into_primitive().tensor().node,
     ];
-    let out = match ChunkwiseBackward
+    let slot: Handoff<B> = Arc::new(Mutex::new(None));
+    let end = match ChunkwiseBackward
         .prepare::<C>(nodes)
         .compute_bound()
         .stateful()
@@ -137,15 +178,32 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
             ChunkwiseSaved {
                 x: inner_x,
                 state: inner_state0,
+                h: h.clone(),
                 chunk_size,
+                dh: slot.clone(),
             },
             packed,
         ),
         OpsKind::UnTracked(prep) => prep.finish(packed),
     };
-    let out = Tensor::<Autodiff<B, C>, 3>::from_primitive(TensorPrimitive::Float(out));
-    let (h, end) = unpack(out, s, dv, dqk);
-    Ok((h.cast(dtype), end))
+    let h = h.into_primitive().tensor();
+    let h = match OutputBackward
+        .prepare::<C>([end.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            OutputSaved {
+                dh: slot,
+                packed: packed_dims,
+            },
+            h,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(h),
+    };
+    let end = Tensor::<Autodiff<B, C>, 3>::from_primitive(TensorPrimitive::Float(end));
+    let h = Tensor::<Autodiff<B, C>, 4>::from_primitive(TensorPrimitive::Float(h));
+    Ok((h, unpack(end, dv, dqk)))
 }
 
 /// Under autodiff, inputs that carry no gradient (inference, generation) run the inner

@@ -50,8 +50,8 @@ const fn states_bytes(work: DType) -> usize {
     }
 }
 
-/// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given the output
-/// gradients `dh [B, NH, S, DV]` and `dstate` (of the final state). Returns the gradients of the
+/// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given its output
+/// `h [B, NH, S, DV]` and the output gradients `dh` (like `h`) and `dstate` (of the final state). Returns the gradients of the
 /// inputs and of the initial state, each in the float type of its own tensor.
 ///
 /// `work` is the float type of the large operands (`q, k, v, dh`, the chunk-boundary states
@@ -62,6 +62,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     chunk_size: usize,
+    h: Tensor<B, 4>,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
     work: DType,
@@ -71,7 +72,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     let per_entry = nh * (s.div_ceil(len) + 1) * dqk * dv * work.size();
     let groups = batch_groups(b, per_entry, states_bytes(work));
     if groups.len() == 1 {
-        return group_backward(x, state, len, dh, dstate, work);
+        return group_backward(x, state, len, h, dh, dstate, work);
     }
     let mut parts = vec![];
     for (first, n) in groups {
@@ -79,6 +80,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
             &x.narrow_batch(first, n),
             state.narrow_batch(first, n),
             len,
+            h.clone().narrow(0, first, n),
             dh.clone().narrow(0, first, n),
             dstate.narrow_batch(first, n),
             work,
@@ -93,6 +95,7 @@ fn group_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     len: usize,
+    h: Tensor<B, 4>,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
     work: DType,
@@ -167,21 +170,24 @@ fn group_backward<B: MlstmBackend>(
     let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
     let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
     let p = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32) * a.clone();
-    let qc = mm(q.clone(), c_start.clone(), DType::F32); // q_t C₀, [B, NH, NC, L, DV]
     let n_start_w = w5(n_start.clone().unsqueeze_dim::<5>(4));
     let qn0 = mm(q.clone(), n_start_w, DType::F32); // q_t·n₀
-    let num = mm(w5(p.clone()), v.clone(), DType::F32) + qc.clone() * g.clone();
     let qn = p.clone().sum_dim(4) + qn0.clone() * g.clone();
     let floor = stab.neg().exp();
     let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
     let on_qn = qn.clone().abs().greater_equal(floor);
 
-    // Back through the outputs.
-    let dh = chunks(dh, len, work);
-    let dh = f32(dh);
-    let dnum = dh.clone() / den.clone(); // f32
-    let dot = (dh * num).sum_dim(4) / den.clone(); // dh_t·h_t
-    let dnum_w = w5(dnum.clone());
+    // Back through the outputs: dnum = dh / den and dot_t = dh_t·h_t with the forward's `h`
+    // (so neither `(D∘P) V` nor `Q C₀` is recomputed).
+    let token_rows = b * nh * nc * len;
+    let by_row = |t: Tensor<B, 4>| {
+        let dtype = t.dtype();
+        chunks(t, len, dtype).reshape([token_rows, dv])
+    };
+    let den_rows = den.clone().reshape([token_rows]);
+    let (dnum_w, dot) = B::mlstm_backward_rows(by_row(dh), by_row(h), den_rows, work);
+    let dnum_w = dnum_w.reshape([b, nh, nc, len, dv]);
+    let dot = dot.reshape([b, nh, nc, len, 1]);
     let dqn = (qn.sign() * dot.clone() / den.clone())
         .neg()
         .mask_fill(on_qn.bool_not(), 0.0);
@@ -190,16 +196,16 @@ fn group_backward<B: MlstmBackend>(
     let ds = w5(dp.clone() * a);
     let dlog_d =
         dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
+    let dnc = mm(dnum_w.clone(), c_start.clone().swap_dims(3, 4), DType::F32); // dnum C₀ᵀ
     let dq = mm(ds.clone(), k.clone(), DType::F32)
-        + (mm(dnum_w.clone(), c_start.clone().swap_dims(3, 4), DType::F32)
-            + dqn.clone() * n_start.clone().unsqueeze_dim::<5>(3))
-            * g.clone();
+        + (dnc.clone() + dqn.clone() * n_start.clone().unsqueeze_dim::<5>(3)) * g.clone();
     let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
     let dv_out = mm(w5(p).swap_dims(3, 4), dnum_w.clone(), DType::F32);
+    // q_t C₀·dnum_t = q_t·(dnum_t C₀ᵀ).
+    let dg = (f32(q.clone()) * dnc).sum_dim(4) + dqn.clone() * qn0;
     let gq = q * w5(g.clone());
     let dc_intra = mm(gq.clone().swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dn_intra = (f32(gq) * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
-    let dg = (qc * dnum).sum_dim(4) + dqn * qn0;
     let dlog_start =
         (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
@@ -301,6 +307,18 @@ fn group_backward<B: MlstmBackend>(
             m: dm.cast(state.m.dtype()),
         },
     )
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_backward_rows`].
+pub(crate) fn backward_rows<B: Backend>(
+    dh: Tensor<B, 2>,
+    h: Tensor<B, 2>,
+    den: Tensor<B, 1>,
+    work: DType,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    let dh = dh.cast(DType::F32);
+    let dot = (dh.clone() * h.cast(DType::F32)).sum_dim(1).squeeze_dim(1);
+    ((dh / den.unsqueeze_dim(1)).cast(work), dot)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_scan`]: one step per chunk.
@@ -498,8 +516,17 @@ mod tests {
                 n: wn.inner(),
                 m: wm.inner(),
             };
-            let (dx, ds) =
-                chunkwise_backward(&inner, state0, chunk, wh.inner(), dstate, DType::F32);
+            let (h_inner, _) =
+                xlstm_cells::mlstm::chunkwise(&inner, Some(state0.clone()), chunk).unwrap();
+            let (dx, ds) = chunkwise_backward(
+                &inner,
+                state0,
+                chunk,
+                h_inner,
+                wh.inner(),
+                dstate,
+                DType::F32,
+            );
             let mut pairs = vec![
                 ("q", vals(dx.q), vals(x.q.grad(&grads).unwrap())),
                 ("k", vals(dx.k), vals(x.k.grad(&grads).unwrap())),

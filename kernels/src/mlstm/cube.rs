@@ -14,6 +14,7 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::batched_matmul;
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
+use super::rows_kernel::{backward_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::MlstmBackend;
@@ -314,6 +315,7 @@ where
         x: &MlstmInputs<Self>,
         state: MlstmState<Self>,
         chunk_size: usize,
+        h: Tensor<Self, 4>,
         dh: Tensor<Self, 4>,
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
@@ -325,7 +327,7 @@ where
         } else {
             DType::F32
         };
-        super::backward::chunkwise_backward(x, state, chunk_size, dh, dstate, work)
+        super::backward::chunkwise_backward(x, state, chunk_size, h, dh, dstate, work)
     }
 
     fn mlstm_matmul(lhs: Tensor<Self, 5>, rhs: Tensor<Self, 5>, out: DType) -> Tensor<Self, 5> {
@@ -456,6 +458,43 @@ where
             dtype.into(),
         );
         wrap(h)
+    }
+
+    fn mlstm_backward_rows(
+        dh: Tensor<Self, 2>,
+        h: Tensor<Self, 2>,
+        den: Tensor<Self, 1>,
+        work: DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        let [rows, dv] = dh.dims();
+        let dtype = dh.dtype();
+        if !supported(dtype) || !supported(work) || rows * dv == 0 {
+            return super::backward::backward_rows(dh, h, den, work);
+        }
+        let h = if h.dtype() == dtype { h } else { h.cast(dtype) };
+        let (dh, h, den) = (prim(dh), prim(h), prim(den.cast(DType::F32)));
+        let dnum = empty(&dh, vec![rows, dv], work);
+        let dot = empty(&dh, vec![rows], DType::F32);
+        let client = dh.client.clone();
+        let width = vector_width(&client, dv, dtype, work);
+        let dim = CubeDim::new_1d((ROW_UNITS * ROWS_PER_CUBE) as u32);
+        backward_rows_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(
+                &client,
+                rows.div_ceil(ROWS_PER_CUBE) * dim.num_elems() as usize,
+                dim,
+            ),
+            dim,
+            width,
+            dh.into_tensor_arg(),
+            h.into_tensor_arg(),
+            den.into_tensor_arg(),
+            dnum.clone().into_tensor_arg(),
+            dot.clone().into_tensor_arg(),
+            [dtype.into(), work.into()],
+        );
+        (wrap(dnum), wrap(dot))
     }
 
     fn mlstm_chunk_dots(

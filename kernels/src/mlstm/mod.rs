@@ -21,6 +21,8 @@ mod cube_matmul;
 #[cfg(feature = "cube")]
 mod dots_kernel;
 #[cfg(feature = "cube")]
+mod rows_kernel;
+#[cfg(feature = "cube")]
 mod scan_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
@@ -52,7 +54,8 @@ pub trait MlstmBackend: Backend {
     }
 
     /// Gradients of [`Self::mlstm_chunkwise`] from `state` (the zero state where the forward had
-    /// none): `dh [B, NH, S, DV]` and `dstate` are the gradients of its outputs. Returns the
+    /// none), given its output `h [B, NH, S, DV]`: `dh` (like `h`) and `dstate` are the gradients
+    /// of its outputs. Returns the
     /// gradients of the five inputs and of the three state tensors, each in its tensor's float
     /// type. The default is TFLA's backward in tensor ops (`backward.rs`), memory
     /// O(S · (chunk + DQK · DV / chunk)).
@@ -60,10 +63,23 @@ pub trait MlstmBackend: Backend {
         x: &MlstmInputs<Self>,
         state: MlstmState<Self>,
         chunk_size: usize,
+        h: Tensor<Self, 4>,
         dh: Tensor<Self, 4>,
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
-        backward::chunkwise_backward(x, state, chunk_size, dh, dstate, DType::F32)
+        backward::chunkwise_backward(x, state, chunk_size, h, dh, dstate, DType::F32)
+    }
+
+    /// The backward's first step through the outputs, row by row: `dnum = dh / den` in `work`
+    /// and `dot = dh·h` (f32), from `dh, h [R, DV]` (one float type each) and `den [R]` (f32).
+    /// The cube backends do it in one pass.
+    fn mlstm_backward_rows(
+        dh: Tensor<Self, 2>,
+        h: Tensor<Self, 2>,
+        den: Tensor<Self, 1>,
+        work: DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        backward::backward_rows(dh, h, den, work)
     }
 
     /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over
