@@ -841,6 +841,53 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
             });
         }
+        // The backward's last step for dq and dk: chunks of 1–5 rows, the state term's rows
+        // shared by a chunk's rows.
+        for &(rows, len, d) in &[(1, 1, 1), (6, 3, 5), (20, 5, 8), (64, 4, 256), (9, 9, 130)] {
+            let wide: Vec<Vec<f32>> = (0..3)
+                .map(|part| {
+                    let n = if part == 2 { rows / len * d } else { rows * d };
+                    r.uniform(n, -2.0, 2.0)
+                })
+                .collect();
+            let x = round_bf16(&r.uniform(rows * d, -2.0, 2.0));
+            let s_row = r.uniform(rows, -1.0, 1.0);
+            let t_row = r.uniform(rows, 0.0, 1.0);
+            fn grad_rows<C: MlstmBackend>(
+                dev: &C::Device,
+                wide: &[Vec<f32>],
+                [x, s, t]: [&[f32]; 3],
+                [rows, len, d]: [usize; 3],
+                xtype: DType,
+                out: DType,
+            ) -> (Vec<f64>, Vec<f64>) {
+                let (got, dot) = C::mlstm_gradient_rows(
+                    tensor(&wide[0], [rows, d], dev),
+                    tensor(&wide[1], [rows, d], dev),
+                    tensor(&wide[2], [rows / len, d], dev),
+                    tensor(s, [rows], dev),
+                    tensor(t, [rows], dev),
+                    tensor::<C, 2>(x, [rows, d], dev).cast(xtype),
+                    0.5,
+                    len,
+                    out,
+                );
+                assert_eq!(got.dtype(), out, "gradient rows: output float type");
+                (values(got), values(dot))
+            }
+            keep_going(&mut failures, || {
+                let parts = [&x[..], &s_row, &t_row];
+                let dims = [rows, len, d];
+                let (got, dot) = grad_rows::<B>(dev, &wide, parts, dims, dtype, dtype);
+                let rd = Default::default();
+                let (want, want_dot) =
+                    grad_rows::<Ref>(&rd, &wide, parts, dims, DType::F32, DType::F32);
+                let what = format!("gradient rows {dtype:?} [{rows}, {d}] chunk {len}");
+                let bound = if is_half { 5e-3 } else { 1e-6 };
+                check(&format!("{what} out"), got, want, bound);
+                check(&format!("{what} dot"), dot, want_dot, 1e-5);
+            });
+        }
         // The chunk-boundary states and the outputs from them, on this backend (its products
         // and scan kernels) against the tensor-op forms in f32 on NdArray, on the same
         // (rounded) inputs.

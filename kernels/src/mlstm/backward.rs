@@ -196,13 +196,35 @@ fn group_backward<B: MlstmBackend>(
     let ds = w5(dp.clone() * a);
     let dlog_d =
         dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
-    let dnc = mm(dnum_w.clone(), c_start.clone().swap_dims(3, 4), DType::F32); // dnum C₀ᵀ
-    let dq = mm(ds.clone(), k.clone(), DType::F32)
-        + (dnc.clone() + dqn.clone() * n_start.clone().unsqueeze_dim::<5>(3)) * g.clone();
+    // dq = (dP∘A) K + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀ as
+    // q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
+    let by_token = |t: Tensor<B, 5>| {
+        let d = t.dims()[4];
+        t.reshape([token_rows, d])
+    };
+    let by_token_row = |t: Tensor<B, 5>| t.reshape([token_rows]);
+    let by_chunk = |t: Tensor<B, 4>| {
+        let d = t.dims()[3];
+        t.reshape([b * nh * nc, d])
+    };
+    let (dq, dg) = B::mlstm_gradient_rows(
+        by_token(mm(ds.clone(), k.clone(), DType::F32)),
+        by_token(mm(
+            dnum_w.clone(),
+            c_start.clone().swap_dims(3, 4),
+            DType::F32,
+        )),
+        by_chunk(n_start.clone()),
+        by_token_row(dqn.clone()),
+        by_token_row(g.clone()),
+        by_token(q.clone()),
+        1.0,
+        len,
+        x.q.dtype(),
+    );
+    let dg = dg.reshape([b, nh, nc, len, 1]);
     let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
     let dv_out = mm(w5(p).swap_dims(3, 4), dnum_w.clone(), DType::F32);
-    // q_t C₀·dnum_t = q_t·(dnum_t C₀ᵀ).
-    let dg = (f32(q.clone()) * dnc).sum_dim(4) + dqn.clone() * qn0;
     let gq = q * w5(g.clone());
     let dc_intra = mm(gq.clone().swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dn_intra = (f32(gq) * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
@@ -265,12 +287,22 @@ fn group_backward<B: MlstmBackend>(
     let (dc, dn, dm) = (dc0, dn0.reshape([b, nh, dqk]), dm0.reshape([b, nh]));
 
     // The chunks' own terms of their end states.
-    let dk_state =
-        (mm(v, dc_end.clone().swap_dims(3, 4), DType::F32) + dn_end.unsqueeze_dim::<5>(3)) * w;
+    // dk = (dP∘A)ᵀ Q + w (V dC₁ᵀ + dn₁) (then the key scale), and d log w_s = k_s·(the
+    // state's term of dk_s).
+    let ones = Tensor::<B, 1>::ones([token_rows], &dev);
+    let (dk, k_dot) = B::mlstm_gradient_rows(
+        by_token(dk),
+        by_token(mm(v, dc_end.clone().swap_dims(3, 4), DType::F32)),
+        by_chunk(dn_end),
+        ones,
+        by_token_row(w.clone()),
+        by_token(k),
+        scale,
+        len,
+        x.k.dtype(),
+    );
     let dv_state = mm(k_w, dc_end, DType::F32);
-    let dlog_w = (f32(k) * dk_state.clone())
-        .sum_dim(4)
-        .reshape([b, nh, nc, len])
+    let dlog_w = (k_dot.reshape([b, nh, nc, len, 1]) * w).reshape([b, nh, nc, len])
         + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
@@ -295,8 +327,8 @@ fn group_backward<B: MlstmBackend>(
     };
     (
         MlstmInputs {
-            q: out4(dq, dqk, &x.q),
-            k: out4((dk + dk_state) * scale, dqk, &x.k),
+            q: out4(dq.reshape([b, nh, nc, len, dqk]), dqk, &x.q),
+            k: out4(dk.reshape([b, nh, nc, len, dqk]), dqk, &x.k),
             v: out4(dv_out + dv_state, dv, &x.v),
             i_preact: out3(di, &x.i_preact),
             f_preact: out3(df, &x.f_preact),
@@ -319,6 +351,29 @@ pub(crate) fn backward_rows<B: Backend>(
     let dh = dh.cast(DType::F32);
     let dot = (dh.clone() * h.cast(DType::F32)).sum_dim(1).squeeze_dim(1);
     ((dh / den.unsqueeze_dim(1)).cast(work), dot)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_gradient_rows`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gradient_rows<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    c: Tensor<B, 2>,
+    s: Tensor<B, 1>,
+    t: Tensor<B, 1>,
+    x: Tensor<B, 2>,
+    scale: f64,
+    len: usize,
+    out: DType,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    let [rows, d] = b.dims();
+    let c = c
+        .unsqueeze_dim::<3>(1)
+        .expand([rows / len, len, d])
+        .reshape([rows, d]);
+    let u = b + c * s.unsqueeze_dim(1);
+    let dot = (x.cast(DType::F32) * u.clone()).sum_dim(1).squeeze_dim(1);
+    (((a + u * t.unsqueeze_dim(1)) * scale).cast(out), dot)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_scan`]: one step per chunk.

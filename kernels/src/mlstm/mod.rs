@@ -82,6 +82,25 @@ pub trait MlstmBackend: Backend {
         backward::backward_rows(dh, h, den, work)
     }
 
+    /// The backward's last step for `dq` and `dk`, row by row: with `u = b + s ⊗ c` (row `r`
+    /// takes `c[r / len]`), `out = (a + t ⊗ u) · scale` in `out` and `dot = x·u` per row (f32);
+    /// `a, b [R, D]`, `c [R / len, D]`, `s, t [R]` f32 and `x [R, D]` of any float type. The
+    /// cube backends do it in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn mlstm_gradient_rows(
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        c: Tensor<Self, 2>,
+        s: Tensor<Self, 1>,
+        t: Tensor<Self, 1>,
+        x: Tensor<Self, 2>,
+        scale: f64,
+        len: usize,
+        out: DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        backward::gradient_rows(a, b, c, s, t, x, scale, len, out)
+    }
+
     /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over
     /// `c = 0..NC` (`reverse` false) or `NC-1..=0`, with `a [G, NC]` and `x0` f32 and
     /// `b [G, NC, E]` of any float type (`x` is f32 throughout). Returns `x` before each step

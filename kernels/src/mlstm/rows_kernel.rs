@@ -1,6 +1,10 @@
-//! The chunkwise backward's first step through the outputs (`backward.rs`), fused: per row of
-//! `h`, `dnum_t = dh_t / den_t` (in the backward's work type) and `dot_t = dh_t·h_t` (f32), one
-//! read of `dh` and `h`.
+//! Row-wise steps of the chunkwise backward (`backward.rs`), fused: each reads its rows once,
+//! writes them once and sums one inner product per row.
+//! - `backward_rows_kernel`, the first step through the outputs: `dnum_t = dh_t / den_t` (in
+//!   the backward's work type) and `dot_t = dh_t·h_t` (f32);
+//! - `gradient_rows_kernel`, the last step of `dq` and `dk`: the intra-chunk product plus the
+//!   chunk-boundary state's term, scaled and cast, and the term's inner product with `q` or `k`
+//!   (the gate gradients need it).
 
 use cubecl::prelude::*;
 
@@ -39,9 +43,66 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
         }
     }
 
+    let total = sum_over_row(f32::cast_from(sum.vector_sum()));
+    if lane == 0 && row < rows {
+        dot[row] = total;
+    }
+}
+
+/// The backward's last step for `dq` and `dk`, per row `r` of `[R, D]` (`D` a multiple of `W`)
+/// in chunk `r / len`: `u = b[r] + s[r] c[r / len]`, `out[r] = (a[r] + t[r] u) · scale` in
+/// `out`'s float type and `dot[r] = x[r]·u` (f32). Same grid as [`backward_rows_kernel`].
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
+    a: &Tensor<Vector<f32, W>>,     // [R, D]
+    b: &Tensor<Vector<f32, W>>,     // [R, D]
+    c: &Tensor<Vector<f32, W>>,     // [R / len, D]
+    s: &Tensor<f32>,                // [R]
+    t: &Tensor<f32>,                // [R]
+    x: &Tensor<Vector<X, W>>,       // [R, D]
+    out: &mut Tensor<Vector<O, W>>, // [R, D]
+    dot: &mut Tensor<f32>,          // [R]
+    scale: f32,
+    len: usize,
+    #[define(X, O)] _dtypes: [StorageType; 2],
+) {
+    let width = a.vector_size();
+    let vectors = a.shape(1) / width;
+    let rows = a.shape(0);
+    let row = ABSOLUTE_POS / ROW_UNITS;
+    let lane = UNIT_POS as usize % ROW_UNITS;
+
+    let mut sum = Vector::<f32, W>::new(0.0);
+    if row < rows {
+        let s_r = Vector::<f32, W>::new(s[row]);
+        let t_r = Vector::<f32, W>::new(t[row]);
+        let factor = Vector::<f32, W>::new(scale);
+        let base = row * vectors;
+        let chunk_base = (row / len) * vectors;
+        let mut e = lane;
+        while e < vectors {
+            let u = b[base + e] + s_r * c[chunk_base + e];
+            sum += Vector::<f32, W>::cast_from(x[base + e]) * u;
+            out[base + e] = Vector::cast_from((a[base + e] + t_r * u) * factor);
+            e += ROW_UNITS;
+        }
+    }
+
+    let total = sum_over_row(f32::cast_from(sum.vector_sum()));
+    if lane == 0 && row < rows {
+        dot[row] = total;
+    }
+}
+
+/// The sum of `value` over the `ROW_UNITS` units of this unit's row, complete at the row's
+/// first unit (`lane` 0). Every unit of the cube calls it (it synchronises the cube).
+#[cube]
+fn sum_over_row(value: f32) -> f32 {
     let mut part = SharedMemory::<f32>::new(ROW_UNITS * ROWS_PER_CUBE);
     let unit = UNIT_POS as usize;
-    part[unit] = f32::cast_from(sum.vector_sum());
+    let lane = unit % ROW_UNITS;
+    part[unit] = value;
     // Protects: every partial sum is written before the halving reads it.
     sync_cube();
     let mut half = CUBE_DIM as usize / ROWS_PER_CUBE / 2; // ROW_UNITS / 2, as a runtime value
@@ -53,7 +114,5 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
         sync_cube();
         half /= 2;
     }
-    if lane == 0 && row < rows {
-        dot[row] = part[unit];
-    }
+    part[unit]
 }
