@@ -274,9 +274,8 @@ fn awkward_chunkwise<B: MlstmBackend>(dev: &B::Device) {
     }
 }
 
-/// The batched-matmul schedule (what CUDA runs for bf16/f16 inputs) in f32, on backends whose
-/// f32 matmul is exact f32: NdArray and wgpu (CUDA's rounds through TF32, so there it is
-/// checked through the bf16 cases).
+/// The batched-matmul schedule (what CUDA runs for bf16/f16 inputs) in f32, whose products are
+/// then exact f32 on every backend.
 fn matmul_chunkwise<B: MlstmBackend>(dev: &B::Device) {
     for (n, (dims, chunk)) in AWKWARD.iter().enumerate() {
         chunkwise_case_of::<B>(
@@ -583,9 +582,8 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
         ([1, 1, 100, 16, 16], 64),
         ([1, 1, 50, 16, 16], 20),
     ];
-    let cuda = B::name(dev).to_lowercase().contains("cuda");
     let half_type = half_type::<B>(dev);
-    let mut bf16_failures = vec![];
+    let mut failures = vec![];
     for (n, &(dims, chunk)) in shapes.iter().enumerate() {
         let f_range = if n % 2 == 0 { (-3.0, 8.0) } else { (2.0, 6.0) };
         let p = Problem::new(70 + n as u64, dims, f_range);
@@ -619,16 +617,10 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                     "grad {name} of {dims:?} chunk {chunk} state {with_state} loss of {of:?}"
                 );
                 // m₀'s gradient is a difference of inner products ⟨dC, C⟩ (cancellation): seen
-                // 1.03e-4 on Vulkan. burn's f32 matmul on CUDA rounds like TF32: seen up to
-                // 5.8e-3 here, and 5.6e-3 for autodiff of the reference alone on CUDA.
-                let bound = if cuda {
-                    1e-2
-                } else if *name == "m0" {
-                    3e-4
-                } else {
-                    1e-4
-                };
-                check(&what, got, want, bound);
+                // 1.03e-4 on Vulkan. (The backward's f32 products are exact f32 on every cube
+                // backend, CUDA included: no tf32.)
+                let bound = if *name == "m0" { 3e-4 } else { 1e-4 };
+                keep_going(&mut failures, || check(&what, got, want, bound));
             }
             if let (Some(half_type), LossOf::Both) = (half_type, of) {
                 // Half-type inputs (f32 state): the tensor-core path where the device has one,
@@ -646,12 +638,12 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
                     let what = format!(
                         "{half_type:?} grad {name} of {dims:?} chunk {chunk} state {with_state}"
                     );
-                    keep_going(&mut bf16_failures, || check(&what, got, want, 2e-2));
+                    keep_going(&mut failures, || check(&what, got, want, 2e-2));
                 }
             }
         }
     }
-    report(bf16_failures);
+    report(failures);
 }
 
 /// The golden `mlstm_cell` cases of the official code through the kernels.
@@ -978,14 +970,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 let dims = [b, nh, nc, len, dqk, dv];
                 let got = outputs::<B>(dev, parts, dims, dtype);
                 let want = outputs::<Ref>(&rd, parts, dims, DType::F32);
-                // In f32 the cube backends multiply through burn's matmul, which rounds f32
-                // operands through TF32 on CUDA.
-                let tf32 = B::name(dev).to_lowercase().contains("cuda");
-                let bound = match (is_half, tf32) {
-                    (true, _) => 5e-3,
-                    (false, true) => 2e-3,
-                    (false, false) => 1e-5,
-                };
+                // f32 products are exact f32 on every backend (CUDA included: no tf32).
+                let bound = if is_half { 5e-3 } else { 1e-5 };
                 check(&format!("outputs {what}"), got, want, bound);
             });
         }
@@ -1011,10 +997,7 @@ fn chunkwise_matches_reference_on_random_shapes() {
 #[test]
 fn matmul_schedule_matches_reference() {
     matmul_chunkwise::<Ref>(&Default::default());
-    #[cfg(feature = "wgpu")]
-    if wanted("wgpu") {
-        matmul_chunkwise::<burn::backend::Wgpu>(&Default::default());
-    }
+    on_backends!(matmul_chunkwise);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use xlstm_cells::CellError;
 
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
-use super::cube_matmul::batched_matmul;
+use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::rows_kernel::{backward_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
@@ -330,23 +330,33 @@ where
         super::backward::chunkwise_backward(x, state, chunk_size, h, dh, dstate, work)
     }
 
+    /// Half-type operands on tensor cores (tiles chosen per shape); everything else, and
+    /// products thinner than a tile, in exact f32 (cubek's unit matmul, not burn's default,
+    /// which rounds f32 operands through tf32 where the device has it).
     fn mlstm_matmul(lhs: Tensor<Self, 5>, rhs: Tensor<Self, 5>, out: DType) -> Tensor<Self, 5> {
         let [.., m, k] = lhs.dims();
         let n = rhs.dims()[4];
         let dtype = lhs.dtype();
+        let client = lhs.clone().into_primitive().tensor().client;
+        let on_cores = m.min(n).min(k) >= TENSOR_CORE_TILE
+            && rhs.dtype() == dtype
+            && tensor_cores(&client, dtype);
+        let (lhs, rhs) = if on_cores {
+            (lhs, rhs)
+        } else {
+            (lhs.cast(DType::F32), rhs.cast(DType::F32))
+        };
         let lhs_p = lhs.clone().into_primitive().tensor();
-        // Thinner products than a tile (a vector, a short chunk) are cheap in f32.
-        if m.min(n).min(k) < TENSOR_CORE_TILE
-            || rhs.dtype() != dtype
-            || !tensor_cores(&lhs_p.client, dtype)
-        {
-            return super::backward::matmul_in_f32(lhs, rhs, out);
-        }
         let rhs_p = rhs.clone().into_primitive().tensor();
         let mut shape = lhs.dims();
         shape[4] = n;
         let product = empty(&lhs_p, shape.to_vec(), out);
-        if batched_matmul(&lhs_p, &rhs_p, &product) {
+        let launched = if on_cores {
+            batched_matmul(&lhs_p, &rhs_p, &product)
+        } else {
+            exact_f32_matmul(&lhs_p, &rhs_p, &product)
+        };
+        if launched {
             wrap(product)
         } else {
             super::backward::matmul_in_f32(lhs, rhs, out)

@@ -153,9 +153,31 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
     !timed || launch(tiling, lhs, rhs, product)
 }
 
+/// `lhs [.., m, k] @ rhs [.., k, n]` of f32 operands in exact f32 arithmetic, written into
+/// `product [.., m, n]` (its float type is the result's); `false` where it does not launch.
+/// cubek's unit matmul (no tensor cores): burn's default matmul rounds f32 operands through
+/// tf32 on devices that have it (the H200), ≈ 1e-3 relative per product.
+pub(crate) fn exact_f32_matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    product: &CubeTensor<R>,
+) -> bool {
+    launch_strategy(&Strategy::SimpleUnit(Default::default()), lhs, rhs, product)
+}
+
 /// Launches `tiling` for the product; `false` where it does not take these operands.
 fn launch<R: CubeRuntime>(
     tiling: Tiling,
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    product: &CubeTensor<R>,
+) -> bool {
+    launch_strategy(&tiling.strategy(), lhs, rhs, product)
+}
+
+/// Launches cubek's `strategy` for the product; `false` where it does not take these operands.
+fn launch_strategy<R: CubeRuntime>(
+    strategy: &Strategy,
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
     product: &CubeTensor<R>,
@@ -167,7 +189,7 @@ fn launch<R: CubeRuntime>(
         out: product.dtype.into(),
     });
     launch_ref(
-        &tiling.strategy(),
+        strategy,
         &lhs.client,
         InputBinding::new(lhs.clone().binding(), dtype.into()),
         InputBinding::new(rhs.clone().binding(), dtype.into()),
