@@ -14,7 +14,7 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
-use super::rows_kernel::{backward_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
+use super::rows_kernel::{backward_rows_kernel, gradient_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::MlstmBackend;
@@ -492,7 +492,7 @@ where
             &client,
             cubecl::calculate_cube_count_elemwise(
                 &client,
-                rows.div_ceil(ROWS_PER_CUBE) * dim.num_elems() as usize,
+                rows.div_ceil(ROWS_PER_CUBE) * ROW_UNITS * ROWS_PER_CUBE,
                 dim,
             ),
             dim,
@@ -505,6 +505,55 @@ where
             [dtype.into(), work.into()],
         );
         (wrap(dnum), wrap(dot))
+    }
+
+    fn mlstm_gradient_rows(
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        c: Tensor<Self, 2>,
+        s: Tensor<Self, 1>,
+        t: Tensor<Self, 1>,
+        x: Tensor<Self, 2>,
+        scale: f64,
+        len: usize,
+        out: DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        let [rows, d] = a.dims();
+        let dtype = x.dtype();
+        if !supported(dtype) || !supported(out) || rows * d == 0 {
+            return super::backward::gradient_rows(a, b, c, s, t, x, scale, len, out);
+        }
+        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
+        let (a, b, c) = (f32(a), f32(b), f32(c));
+        let x = prim(x);
+        let result = empty(&a, vec![rows, d], out);
+        let dot = empty(&a, vec![rows], DType::F32);
+        let client = a.client.clone();
+        let width = vector_width(&client, d, dtype, out);
+        let dim = CubeDim::new_1d((ROW_UNITS * ROWS_PER_CUBE) as u32);
+        gradient_rows_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(
+                &client,
+                rows.div_ceil(ROWS_PER_CUBE) * ROW_UNITS * ROWS_PER_CUBE,
+                dim,
+            ),
+            dim,
+            width,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            c.into_tensor_arg(),
+            f32_row(s).into_tensor_arg(),
+            f32_row(t).into_tensor_arg(),
+            x.into_tensor_arg(),
+            result.clone().into_tensor_arg(),
+            dot.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            [dtype.into(), out.into()],
+        );
+        (wrap(result), wrap(dot))
     }
 
     fn mlstm_chunk_dots(
