@@ -979,6 +979,75 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
     report(failures);
 }
 
+/// `B::mlstm_matmul` (the chunkwise products: tensor cores for half types where the device has
+/// them, else exact f32) against NdArray's f32 product of the same (half-rounded) operands, on
+/// the layouts the forward and backward use: batches of `[B, NH, NC]`, operands that are
+/// transposed views (`swap_dims`), products as thin as 16 and thinner.
+fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
+    let mut failures = vec![];
+    let mut r = Rng(0x3A7);
+    let half = half_type::<B>(dev);
+    let dtypes = [Some(DType::F32), half].into_iter().flatten();
+    for dtype in dtypes {
+        // [B, NH, NC], m, k, n, lhs stored transposed, rhs stored transposed
+        for &(batch, m, k, n, lhs_t, rhs_t) in &[
+            ([1, 3, 2], 64, 16, 64, false, true),
+            ([1, 3, 2], 64, 64, 32, false, false),
+            ([1, 3, 2], 64, 64, 16, true, false),
+            ([1, 3, 2], 32, 64, 16, true, false),
+            ([1, 3, 2], 64, 32, 64, false, true),
+            ([1, 1, 2], 64, 16, 64, false, true),
+            ([2, 2, 3], 16, 40, 16, false, true),
+            ([2, 2, 3], 24, 16, 40, true, false),
+            ([1, 2, 2], 20, 16, 20, false, true),
+            ([2, 1, 1], 64, 32, 1, false, false),
+        ] {
+            let [b, nh, nc] = batch;
+            let lhs = round_bf16(&r.uniform(b * nh * nc * m * k, -1.0, 1.0));
+            let rhs = round_bf16(&r.uniform(b * nh * nc * k * n, -1.0, 1.0));
+            fn product<C: MlstmBackend>(
+                dev: &C::Device,
+                [lhs, rhs]: [&[f32]; 2],
+                [b, nh, nc, m, k, n]: [usize; 6],
+                [lhs_t, rhs_t]: [bool; 2],
+                dtype: DType,
+            ) -> Vec<f64> {
+                // A transposed operand is stored [.., cols, rows] and read through swap_dims.
+                let operand = |v: &[f32], rows: usize, cols: usize, t: bool| {
+                    let x = if t {
+                        tensor::<C, 5>(v, [b, nh, nc, cols, rows], dev).swap_dims(3, 4)
+                    } else {
+                        tensor::<C, 5>(v, [b, nh, nc, rows, cols], dev)
+                    };
+                    x.cast(dtype)
+                };
+                let out = C::mlstm_matmul(
+                    operand(lhs, m, k, lhs_t),
+                    operand(rhs, k, n, rhs_t),
+                    DType::F32,
+                );
+                values(out)
+            }
+            let dims = [b, nh, nc, m, k, n];
+            keep_going(&mut failures, || {
+                let got = product::<B>(dev, [&lhs, &rhs], dims, [lhs_t, rhs_t], dtype);
+                let rd = Default::default();
+                let want = product::<Ref>(&rd, [&lhs, &rhs], dims, [lhs_t, rhs_t], DType::F32);
+                let what = format!(
+                    "matmul {dtype:?} batch {batch:?} {m}×{k}×{n} transposed {lhs_t}/{rhs_t}"
+                );
+                check(&what, got, want, 1e-5);
+            });
+        }
+    }
+    report(failures);
+}
+
+#[test]
+fn chunkwise_products_match_f32() {
+    on_backends!(matmul_products);
+}
+
 #[test]
 fn chunk_primitives_match_tensor_ops() {
     on_backends!(chunk_primitives);

@@ -113,7 +113,10 @@ fn group_backward<B: MlstmBackend>(
         log_i, // [B, NH, NC, L]
         f_pre,
     } = Chunked::new(x, len, work);
-    let k = k * scale;
+    // The keys stay unscaled, as the forward multiplies them: the key scale 1/sqrt(DQK) enters
+    // the f32 products and the state weights, so that a half work type does not round
+    // k/sqrt(DQK) (it is not a power of two for DQK 24 or 32: the rounded scores flipped the
+    // normaliser's max(|q·n|, e^{-m}) at a near tie and with it the gradient).
     let log_f = log_forget_gate(f_pre.clone());
     let f_cum = log_f.clone().cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
@@ -136,7 +139,7 @@ fn group_backward<B: MlstmBackend>(
     let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let k_w = k.clone() * w5(w.clone());
+    let k_w = k.clone() * w5(w.clone() * scale);
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
     let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
 
@@ -169,7 +172,7 @@ fn group_backward<B: MlstmBackend>(
     let stab = row_max.max_pair(log_start.clone());
     let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
     let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
-    let p = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32) * a.clone();
+    let p = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32) * (a.clone() * scale);
     let n_start_w = w5(n_start.clone().unsqueeze_dim::<5>(4));
     let qn0 = mm(q.clone(), n_start_w, DType::F32); // q_t·n₀
     let qn = p.clone().sum_dim(4) + qn0.clone() * g.clone();
@@ -196,8 +199,8 @@ fn group_backward<B: MlstmBackend>(
     let ds = w5(dp.clone() * a);
     let dlog_d =
         dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
-    // dq = (dP∘A) K + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀ as
-    // q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
+    // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
+    // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
     let by_token = |t: Tensor<B, 5>| {
         let d = t.dims()[4];
         t.reshape([token_rows, d])
@@ -216,9 +219,9 @@ fn group_backward<B: MlstmBackend>(
         )),
         by_chunk(n_start.clone()),
         by_token_row(dqn.clone()),
-        by_token_row(g.clone()),
+        by_token_row(g.clone() / scale),
         by_token(q.clone()),
-        1.0,
+        scale,
         len,
         x.q.dtype(),
     );
@@ -302,7 +305,7 @@ fn group_backward<B: MlstmBackend>(
         x.k.dtype(),
     );
     let dv_state = mm(k_w, dc_end, DType::F32);
-    let dlog_w = (k_dot.reshape([b, nh, nc, len, 1]) * w).reshape([b, nh, nc, len])
+    let dlog_w = (k_dot.reshape([b, nh, nc, len, 1]) * w * scale).reshape([b, nh, nc, len])
         + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
