@@ -24,7 +24,7 @@ use burn::tensor::{
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState};
 use xlstm_cells::CellError;
 
-use super::MlstmBackend;
+use super::{ChunkStates, MlstmBackend};
 
 /// `dh`, handed from the output node's backward to the state node's backward.
 type Handoff<B> = Arc<Mutex<Option<Tensor<B, 4>>>>;
@@ -40,6 +40,7 @@ struct ChunkwiseSaved<B: Backend> {
     x: MlstmInputs<B>,
     state: MlstmState<B>,
     h: Tensor<B, 4>,
+    states: Option<ChunkStates<B>>,
     chunk_size: usize,
     dh: Handoff<B>,
 }
@@ -53,6 +54,7 @@ impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
             x,
             state,
             h,
+            states,
             chunk_size,
             dh,
         } = ops.state;
@@ -64,7 +66,7 @@ impl<B: MlstmBackend> Backward<B, 8> for ChunkwiseBackward {
             .expect("the slot is only locked to move dh")
             .take();
         let dh = taken.unwrap_or_else(|| h.zeros_like());
-        let (dx, ds) = B::mlstm_chunkwise_backward(&x, state, chunk_size, h, dh, dstate);
+        let (dx, ds) = B::mlstm_chunkwise_backward(&x, state, chunk_size, h, states, dh, dstate);
         let prim4 = |t: Tensor<B, 4>| t.into_primitive().tensor();
         let prim3 = |t: Tensor<B, 3>| t.into_primitive().tensor();
         let all = [
@@ -146,7 +148,8 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
         f_preact: x.f_preact.clone().inner(),
     };
     let inner_state0 = inner_state(state.clone());
-    let (h, end) = B::mlstm_chunkwise(&inner_x, Some(inner_state0.clone()), chunk_size)?;
+    let (h, end, states) =
+        B::mlstm_chunkwise_keeping_states(&inner_x, Some(inner_state0.clone()), chunk_size)?;
     let state_dtype = end.c.dtype();
     let packed = Tensor::cat(
         vec![
@@ -179,6 +182,7 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
                 x: inner_x,
                 state: inner_state0,
                 h: h.clone(),
+                states,
                 chunk_size,
                 dh: slot.clone(),
             },

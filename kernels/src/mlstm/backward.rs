@@ -36,7 +36,7 @@ use xlstm_gating::{log_forget_gate, M_EMPTY};
 
 use super::chunk_matmul::scan_chunks;
 use super::chunked::{batch_groups, chunks, Chunked};
-use super::MlstmBackend;
+use super::{ChunkStates, MlstmBackend};
 
 /// Bound on one stack of chunk-boundary states kept at once (bytes; four such `[NC, DQK, DV]`
 /// stacks live together: the states, their increments, their gradients and the chunks' terms
@@ -63,16 +63,20 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     state: MlstmState<B>,
     chunk_size: usize,
     h: Tensor<B, 4>,
+    states: Option<ChunkStates<B>>,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
     work: DType,
 ) -> (MlstmInputs<B>, MlstmState<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the forward");
     let len = chunk_size.clamp(1, s);
+    // Kept states are of the work type where they match this schedule's chunks.
+    let states = states
+        .filter(|kept| kept.c_start.dims()[2] == s.div_ceil(len) && kept.c_start.dtype() == work);
     let per_entry = nh * (s.div_ceil(len) + 1) * dqk * dv * work.size();
     let groups = batch_groups(b, per_entry, states_bytes(work));
     if groups.len() == 1 {
-        return group_backward(x, state, len, h, dh, dstate, work);
+        return group_backward(x, state, len, h, states, dh, dstate, work);
     }
     let mut parts = vec![];
     for (first, n) in groups {
@@ -81,6 +85,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
             state.narrow_batch(first, n),
             len,
             h.clone().narrow(0, first, n),
+            states.as_ref().map(|kept| kept.narrow_batch(first, n)),
             dh.clone().narrow(0, first, n),
             dstate.narrow_batch(first, n),
             work,
@@ -96,6 +101,7 @@ fn group_backward<B: MlstmBackend>(
     state: MlstmState<B>,
     len: usize,
     h: Tensor<B, 4>,
+    states: Option<ChunkStates<B>>,
     dh: Tensor<B, 4>,
     dstate: MlstmState<B>,
     work: DType,
@@ -122,7 +128,8 @@ fn group_backward<B: MlstmBackend>(
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
     let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]
 
-    // The chunk-boundary states, recomputed as the forward does.
+    // The chunk-boundary states' weights (the states themselves are the forward's where it kept
+    // them, else recomputed).
     let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
     let m_loc = m_loc.reshape([b, nh, nc]);
@@ -141,24 +148,35 @@ fn group_backward<B: MlstmBackend>(
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
     let k_w = k.clone() * w5(w.clone() * scale);
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
-    let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
 
-    // States of the work type (`b_c` of the work type in `scan_chunks`); `x0` and the last
-    // state are f32.
-    let (c_start, c_end) = B::mlstm_chunk_states(
-        k_w.clone(),
-        v.clone(),
-        decay.clone(),
-        state.c.clone().cast(DType::F32),
-    ); // c_start in the work type, c_end f32
-    let (n_start, n_end) = scan_chunks(
-        decay.clone(),
-        k_sum.swap_dims(3, 4),
-        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
-        false,
-    );
-    let n_start = n_start.reshape([b, nh, nc, dqk]); // f32
-    let n_end = n_end.reshape([b, nh, dqk]);
+    // States of the work type (`b_c` of the work type in `scan_chunks`), those the forward kept
+    // or recomputed; `x0` and the last state are f32.
+    let ChunkStates {
+        c_start,
+        c_end,
+        n_start,
+        n_end,
+    } = states.unwrap_or_else(|| {
+        let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
+        let (c_start, c_end) = B::mlstm_chunk_states(
+            k_w.clone(),
+            v.clone(),
+            decay.clone(),
+            state.c.clone().cast(DType::F32),
+        );
+        let (n_start, n_end) = scan_chunks(
+            decay.clone(),
+            k_sum.swap_dims(3, 4),
+            state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
+            false,
+        );
+        ChunkStates {
+            c_start,
+            c_end,
+            n_start: n_start.reshape([b, nh, nc, dqk]),
+            n_end: n_end.reshape([b, nh, dqk]),
+        }
+    });
     let m_start = m_all.clone().narrow(2, 0, nc);
 
     // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
@@ -470,6 +488,7 @@ fn one_hot<B: Backend, const D: usize>(index: Tensor<B, D, Int>, len: usize) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::chunk_matmul::chunkwise_matmul_keeping_states;
     use super::*;
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::TensorData;
@@ -509,7 +528,8 @@ mod tests {
         (num / den.max(1e-30)).sqrt()
     }
 
-    /// Every gradient against autodiff of the reference, on NdArray<f32>.
+    /// Every gradient against autodiff of the reference, on NdArray<f32>, from the matmul
+    /// schedule's output, with its kept chunk-boundary states (odd cases) or recomputing them.
     #[test]
     fn matches_autodiff_of_the_reference() {
         for (case, &([b, nh, s, dqk, dv], chunk, with_state, f_lo)) in [
@@ -574,13 +594,28 @@ mod tests {
                 n: wn.inner(),
                 m: wm.inner(),
             };
-            let (h_inner, _) =
-                xlstm_cells::mlstm::chunkwise(&inner, Some(state0.clone()), chunk).unwrap();
+            // Odd cases: `h` and the kept chunk-boundary states of the matmul schedule (its gate
+            // sums are differences of chunk-local sums, the reference's are sums, so `h` differs
+            // by rounding: 1.4e-5 seen on grad f); even cases: the reference's `h`, the states
+            // recomputed.
+            let kept_states = case % 2 == 1;
+            let (h_inner, states) = if kept_states {
+                let (h, _, states) =
+                    chunkwise_matmul_keeping_states(&inner, Some(state0.clone()), chunk).unwrap();
+                assert!(states.is_some(), "one batch group keeps its states");
+                (h, states)
+            } else {
+                let (h, _) =
+                    xlstm_cells::mlstm::chunkwise(&inner, Some(state0.clone()), chunk).unwrap();
+                (h, None)
+            };
+            let bound = if kept_states { 3e-5 } else { 1e-5 };
             let (dx, ds) = chunkwise_backward(
                 &inner,
                 state0,
                 chunk,
                 h_inner,
+                states,
                 wh.inner(),
                 dstate,
                 DType::F32,
@@ -609,7 +644,7 @@ mod tests {
                 let err = rel(&got, &want);
                 eprintln!("case {case} grad {name}: {err:e}");
                 assert!(
-                    err < 1e-5,
+                    err < bound,
                     "case {case} grad {name}: rel L2 {err:e}\n got {:?}\nwant {:?}",
                     &got[..got.len().min(8)],
                     &want[..want.len().min(8)]

@@ -20,7 +20,7 @@ use xlstm_cells::CellError;
 use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
 
 use super::chunked::{batch_groups, Chunked};
-use super::MlstmBackend;
+use super::{ChunkStates, MlstmBackend};
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
 /// a larger batch runs in groups of batch entries.
@@ -34,33 +34,47 @@ pub fn chunkwise_matmul<B: MlstmBackend>(
     state: Option<MlstmState<B>>,
     chunk_size: usize,
 ) -> Result<(Tensor<B, 4>, MlstmState<B>), CellError> {
+    chunkwise_matmul_keeping_states(x, state, chunk_size).map(|(h, end, _)| (h, end))
+}
+
+/// [`chunkwise_matmul`] and its chunk-boundary states, where the batch ran as one group (else
+/// none: keeping every group's would mean concatenating the largest intermediate).
+#[allow(clippy::type_complexity)]
+pub(crate) fn chunkwise_matmul_keeping_states<B: MlstmBackend>(
+    x: &MlstmInputs<B>,
+    state: Option<MlstmState<B>>,
+    chunk_size: usize,
+) -> Result<(Tensor<B, 4>, MlstmState<B>, Option<ChunkStates<B>>), CellError> {
     let [b, nh, s, dqk, dv] = x.dims()?;
     if s == 0 || chunk_size == 0 {
         // The reference names the offending field.
-        return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
+        return xlstm_cells::mlstm::chunkwise(x, state, chunk_size).map(|(h, end)| (h, end, None));
     }
     let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
     let len = chunk_size.min(s);
     let per_entry = 2 * nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
     let groups = batch_groups(b, per_entry, STATES_BYTES);
     if groups.len() == 1 {
-        return Ok(group_forward(x, state, len));
+        let (h, end, kept) = group_forward(x, state, len);
+        return Ok((h, end, Some(kept)));
     }
     let (mut hs, mut states) = (vec![], vec![]);
     for (first, n) in groups {
-        let (h, st) = group_forward(&x.narrow_batch(first, n), state.narrow_batch(first, n), len);
+        let (h, st, _) =
+            group_forward(&x.narrow_batch(first, n), state.narrow_batch(first, n), len);
         hs.push(h);
         states.push(st);
     }
-    Ok((Tensor::cat(hs, 0), MlstmState::cat_batch(states)))
+    Ok((Tensor::cat(hs, 0), MlstmState::cat_batch(states), None))
 }
 
-/// [`chunkwise_matmul`] for one group of batch entries, `len ≤ S`.
+/// [`chunkwise_matmul`] for one group of batch entries, `len ≤ S`, and its chunk-boundary
+/// states.
 fn group_forward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
     len: usize,
-) -> (Tensor<B, 4>, MlstmState<B>) {
+) -> (Tensor<B, 4>, MlstmState<B>, ChunkStates<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
     let nc = s.div_ceil(len);
     let dtype = x.q.dtype();
@@ -104,26 +118,34 @@ fn group_forward<B: MlstmBackend>(
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
         false,
     );
+    let n_start = n_start.reshape([b, nh, nc, dqk]);
+    let n_end = n_end.reshape([b, nh, dqk]);
     let h = B::mlstm_chunk_outputs(
         q,
         k,
         v,
         f_cum,
         log_i,
-        c_start,
-        n_start.reshape([b, nh, nc, dqk]),
+        c_start.clone(),
+        n_start.clone(),
         m_all.clone().narrow(2, 0, nc),
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
-        c: c_end.cast(state.c.dtype()),
-        n: n_end.reshape([b, nh, dqk]).cast(state.n.dtype()),
+        c: c_end.clone().cast(state.c.dtype()),
+        n: n_end.clone().cast(state.n.dtype()),
         m: m_all
             .narrow(2, nc, 1)
             .reshape([b, nh])
             .cast(state.m.dtype()),
     };
-    (h, final_state)
+    let kept = ChunkStates {
+        c_start,
+        c_end,
+        n_start,
+        n_end,
+    };
+    (h, final_state, kept)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` of every chunk as one

@@ -17,7 +17,7 @@ use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::rows_kernel::{backward_rows_kernel, gradient_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
-use super::MlstmBackend;
+use super::{ChunkStates, MlstmBackend};
 
 /// Chunk sizes the output kernel is compiled for (multiples of 16 whose `[L, L]` gate matrix
 /// fits in shared memory next to the other tiles). Any other requested size runs with
@@ -309,6 +309,22 @@ where
         ))
     }
 
+    /// The tensor-core schedule keeps its chunk-boundary states for the backward.
+    fn mlstm_chunkwise_keeping_states(
+        x: &MlstmInputs<Self>,
+        state: Option<MlstmState<Self>>,
+        chunk_size: usize,
+    ) -> Result<(Tensor<Self, 4>, MlstmState<Self>, Option<ChunkStates<Self>>), CellError> {
+        let [_, _, s, dqk, dv] = x.dims()?;
+        let client = x.q.clone().into_primitive().tensor().client;
+        let dtype = x.q.dtype();
+        if s > 0 && chunk_size > 0 && tensor_core_chunks(&client, dtype, chunk_size.min(s), dqk, dv)
+        {
+            return super::chunk_matmul::chunkwise_matmul_keeping_states(x, state, chunk_size);
+        }
+        Self::mlstm_chunkwise(x, state, chunk_size).map(|(h, end)| (h, end, None))
+    }
+
     /// The backward in tensor ops (`backward.rs`), its large products on tensor cores where the
     /// forward ran as batched matmuls (half-type inputs), else in f32.
     fn mlstm_chunkwise_backward(
@@ -316,6 +332,7 @@ where
         state: MlstmState<Self>,
         chunk_size: usize,
         h: Tensor<Self, 4>,
+        states: Option<ChunkStates<Self>>,
         dh: Tensor<Self, 4>,
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
@@ -327,7 +344,7 @@ where
         } else {
             DType::F32
         };
-        super::backward::chunkwise_backward(x, state, chunk_size, h, dh, dstate, work)
+        super::backward::chunkwise_backward(x, state, chunk_size, h, states, dh, dstate, work)
     }
 
     /// Half-type operands on tensor cores (tiles chosen per shape); everything else, and
