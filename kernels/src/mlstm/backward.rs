@@ -58,6 +58,7 @@ const fn states_bytes(work: DType) -> usize {
 /// and their gradients) and of the products between them: f32, or the inputs' half type where
 /// the device multiplies it on tensor cores. Gates, `[L, L]` matrices, row quantities and
 /// inner products are f32 either way.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,
@@ -96,6 +97,7 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
 }
 
 /// [`chunkwise_backward`] for one group of batch entries, chunk size `len ≤ S`.
+#[allow(clippy::too_many_arguments)]
 fn group_backward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
     state: MlstmState<B>,

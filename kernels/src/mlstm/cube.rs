@@ -132,6 +132,17 @@ fn vector_width<R: CubeRuntime>(
         .unwrap_or(1)
 }
 
+/// The grid of the row kernels (`rows_kernel.rs`) over `rows` rows: `ROW_UNITS` units per row,
+/// `ROWS_PER_CUBE` rows per cube.
+fn row_grid<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d((ROW_UNITS * ROWS_PER_CUBE) as u32);
+    let units = rows.div_ceil(ROWS_PER_CUBE) * ROW_UNITS * ROWS_PER_CUBE;
+    (
+        cubecl::calculate_cube_count_elemwise(client, units, dim),
+        dim,
+    )
+}
+
 /// Whether the kernels take this float type (f32, f16, bf16).
 fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
@@ -504,14 +515,10 @@ where
         let dot = empty(&dh, vec![rows], DType::F32);
         let client = dh.client.clone();
         let width = vector_width(&client, dv, dtype, work);
-        let dim = CubeDim::new_1d((ROW_UNITS * ROWS_PER_CUBE) as u32);
+        let (count, dim) = row_grid(&client, rows);
         backward_rows_kernel::launch::<R>(
             &client,
-            cubecl::calculate_cube_count_elemwise(
-                &client,
-                rows.div_ceil(ROWS_PER_CUBE) * ROW_UNITS * ROWS_PER_CUBE,
-                dim,
-            ),
+            count,
             dim,
             width,
             dh.into_tensor_arg(),
@@ -548,14 +555,10 @@ where
         let dot = empty(&a, vec![rows], DType::F32);
         let client = a.client.clone();
         let width = vector_width(&client, d, dtype, out);
-        let dim = CubeDim::new_1d((ROW_UNITS * ROWS_PER_CUBE) as u32);
+        let (count, dim) = row_grid(&client, rows);
         gradient_rows_kernel::launch::<R>(
             &client,
-            cubecl::calculate_cube_count_elemwise(
-                &client,
-                rows.div_ceil(ROWS_PER_CUBE) * ROW_UNITS * ROWS_PER_CUBE,
-                dim,
-            ),
+            count,
             dim,
             width,
             a.into_tensor_arg(),
