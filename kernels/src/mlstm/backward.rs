@@ -1,7 +1,9 @@
-//! The gradients of the chunkwise mLSTM in tensor ops, the backward of TFLA (Beck et al. 2025).
+//! The gradients of the chunkwise mLSTM in tensor ops and backend primitives, the backward of
+//! TFLA (Beck et al. 2025).
 //!
-//! It recomputes the chunk-boundary states from the inputs (nothing but the inputs and the
-//! initial state is saved by the forward), then runs the chain rule of `xlstm_cells::mlstm`'s
+//! It reads the inputs, the initial state, the forward's output `h` and the chunk-boundary
+//! states where the forward kept them (else it recomputes them from the inputs), then runs the
+//! chain rule of `xlstm_cells::mlstm`'s
 //! chunkwise form by hand: a reverse recurrence over the chunks for the state gradients
 //! `dC, dn, dm`, and all chunks in parallel for `dq, dk, dv` and the gate gradients.
 //! Memory is O(S · (L + DQK · DV / L)): the chunk-boundary states and their gradients, and an
