@@ -3,9 +3,9 @@
 //!
 //! It reads the inputs, the initial state, the forward's output `h` and the chunk-boundary
 //! states where the forward kept them (else it recomputes them from the inputs), then runs the
-//! chain rule of `xlstm_cells::mlstm`'s
-//! chunkwise form by hand: a reverse recurrence over the chunks for the state gradients
-//! `dC, dn, dm`, and all chunks in parallel for `dq, dk, dv` and the gate gradients.
+//! chain rule of `xlstm_cells::mlstm`'s chunkwise form by hand: a reverse recurrence over the
+//! chunks for the state gradients `dC, dn, dm`, and all chunks in parallel for `dq, dk, dv` and
+//! the gate gradients.
 //! Memory is O(S · (L + DQK · DV / L)): the chunk-boundary states and their gradients, and an
 //! `[L, L]` matrix per chunk.
 //!
@@ -53,8 +53,9 @@ const fn states_bytes(work: DType) -> usize {
 }
 
 /// Gradients of `xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size)` given its output
-/// `h [B, NH, S, DV]` and the output gradients `dh` (like `h`) and `dstate` (of the final state). Returns the gradients of the
-/// inputs and of the initial state, each in the float type of its own tensor.
+/// `h [B, NH, S, DV]`, the chunk-boundary states it kept (if any) and the output gradients `dh`
+/// (like `h`) and `dstate` (of the final state). Returns the gradients of the inputs and of the
+/// initial state, each in the float type of its own tensor.
 ///
 /// `work` is the float type of the large operands (`q, k, v, dh`, the chunk-boundary states
 /// and their gradients) and of the products between them: f32, or the inputs' half type where
