@@ -36,7 +36,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
 use xlstm_gating::{log_forget_gate, M_EMPTY};
 
-use super::chunk_matmul::scan_chunks;
+use super::chunk_matmul::{boundary_states, scan_chunks};
 use super::chunked::{batch_groups, chunks, Chunked};
 use super::{ChunkStates, MlstmBackend};
 
@@ -161,27 +161,7 @@ fn group_backward<B: MlstmBackend>(
         c_end,
         n_start,
         n_end,
-    } = states.unwrap_or_else(|| {
-        let k_sum = f32(k_w.clone()).sum_dim(3); // [B, NH, NC, 1, DQK]
-        let (c_start, c_end) = B::mlstm_chunk_states(
-            k_w.clone(),
-            v.clone(),
-            decay.clone(),
-            state.c.clone().cast(DType::F32),
-        );
-        let (n_start, n_end) = scan_chunks(
-            decay.clone(),
-            k_sum.swap_dims(3, 4),
-            state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
-            false,
-        );
-        ChunkStates {
-            c_start,
-            c_end,
-            n_start: n_start.reshape([b, nh, nc, dqk]),
-            n_end: n_end.reshape([b, nh, dqk]),
-        }
-    });
+    } = states.unwrap_or_else(|| boundary_states(k_w.clone(), v.clone(), decay.clone(), &state));
     let m_start = m_all.clone().narrow(2, 0, nc);
 
     // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
@@ -242,6 +222,7 @@ fn group_backward<B: MlstmBackend>(
         )),
         by_chunk(n_start.clone()),
         by_token_row(dqn.clone()),
+        // (a + (g / scale) u) · scale: the key scale on the product only.
         by_token_row(g.clone() / scale),
         by_token(q.clone()),
         scale,

@@ -103,49 +103,55 @@ fn group_forward<B: MlstmBackend>(
     // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
     let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
     let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
-    let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
-
-    // The chunk-boundary states: C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ (likewise n).
-    let (c_start, c_end) = B::mlstm_chunk_states(
-        k_w,
-        v.clone(),
-        decay.clone(),
-        state.c.clone().cast(DType::F32),
-    );
-    let (n_start, n_end) = scan_chunks(
-        decay,
-        k_sum.swap_dims(3, 4), // [B, NH, NC, DQK, 1]
-        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
-        false,
-    );
-    let n_start = n_start.reshape([b, nh, nc, dqk]);
-    let n_end = n_end.reshape([b, nh, dqk]);
+    let kept = boundary_states(k_w, v.clone(), decay, &state);
     let h = B::mlstm_chunk_outputs(
         q,
         k,
         v,
         f_cum,
         log_i,
-        c_start.clone(),
-        n_start.clone(),
+        kept.c_start.clone(),
+        kept.n_start.clone(),
         m_all.clone().narrow(2, 0, nc),
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
-        c: c_end.clone().cast(state.c.dtype()),
-        n: n_end.clone().cast(state.n.dtype()),
+        c: kept.c_end.clone().cast(state.c.dtype()),
+        n: kept.n_end.clone().cast(state.n.dtype()),
         m: m_all
             .narrow(2, nc, 1)
             .reshape([b, nh])
             .cast(state.m.dtype()),
     };
-    let kept = ChunkStates {
+    (h, final_state, kept)
+}
+
+/// The chunk-boundary states from the initial `state`: `C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ`
+/// per chunk (eq. 19 summed over the chunk), likewise `n`, from the weighted keys
+/// `k_w [B, NH, NC, L, DQK]` (`w_s k_s`, the key scale included), `v [B, NH, NC, L, DV]` and
+/// `decay [B, NH, NC]` (`e^{F_L+m₀-m₁}`). The forward and the backward's recompute share it.
+pub(crate) fn boundary_states<B: MlstmBackend>(
+    k_w: Tensor<B, 5>,
+    v: Tensor<B, 5>,
+    decay: Tensor<B, 3>,
+    state: &MlstmState<B>,
+) -> ChunkStates<B> {
+    let [b, nh, nc, _, dqk] = k_w.dims();
+    let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
+    let (c_start, c_end) =
+        B::mlstm_chunk_states(k_w, v, decay.clone(), state.c.clone().cast(DType::F32));
+    let (n_start, n_end) = scan_chunks(
+        decay,
+        k_sum.swap_dims(3, 4), // [B, NH, NC, DQK, 1]
+        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
+        false,
+    );
+    ChunkStates {
         c_start,
         c_end,
-        n_start,
-        n_end,
-    };
-    (h, final_state, kept)
+        n_start: n_start.reshape([b, nh, nc, dqk]),
+        n_end: n_end.reshape([b, nh, dqk]),
+    }
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` of every chunk as one

@@ -151,18 +151,22 @@ fn supported(dtype: DType) -> bool {
 /// Smallest side of a product that goes to tensor cores (their tiles are 16×16×16).
 const TENSOR_CORE_TILE: usize = 16;
 
-/// Whether the chunkwise form with chunks of `len` tokens, `[DQK, DV]` states and inputs of
-/// `dtype` runs as batched matrix products on tensor cores (`chunk_matmul.rs`): a half type
-/// that the device multiplies there, and products no thinner than a tile. Everything else
-/// keeps the fused kernels (exact f32; a matmul of f32 operands on CUDA rounds through TF32).
-fn tensor_core_chunks<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    dtype: DType,
-    len: usize,
-    dqk: usize,
-    dv: usize,
+/// Whether the chunkwise form of `x` with chunks of `chunk_size` tokens runs as batched matrix
+/// products on tensor cores (`chunk_matmul.rs`), forward and backward: a half type that the
+/// device multiplies there, and products no thinner than a tile (the chunk is at most `S`
+/// long). Everything else keeps the fused kernels (exact f32), and an empty sequence or chunk
+/// the reference (which names the field).
+fn tensor_core_chunks<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: &MlstmInputs<Cube<R, F, I, BT>>,
+    chunk_size: usize,
 ) -> bool {
-    len.min(dqk).min(dv) >= TENSOR_CORE_TILE && tensor_cores(client, dtype)
+    let [_, _, s, dqk] = x.q.dims();
+    let dv = x.v.dims()[3];
+    let client = x.q.clone().into_primitive().tensor().client;
+    s > 0
+        && chunk_size > 0
+        && chunk_size.min(s).min(dqk).min(dv) >= TENSOR_CORE_TILE
+        && tensor_cores(&client, x.q.dtype())
 }
 
 /// Whether `dtype` is a half type that the device multiplies on tensor cores (`cmma`; CUDA
@@ -208,7 +212,7 @@ where
             DEFAULT_CHUNK
         };
         let shared = x.q.clone().into_primitive().tensor();
-        if tensor_core_chunks(&shared.client, dtype, chunk_size.min(s), dqk, dv) {
+        if tensor_core_chunks(x, chunk_size) {
             return super::chunkwise_matmul(x, Some(state), chunk_size);
         }
         let limit = shared.client.properties().hardware.max_shared_memory_size;
@@ -326,11 +330,8 @@ where
         state: Option<MlstmState<Self>>,
         chunk_size: usize,
     ) -> Result<(Tensor<Self, 4>, MlstmState<Self>, Option<ChunkStates<Self>>), CellError> {
-        let [_, _, s, dqk, dv] = x.dims()?;
-        let client = x.q.clone().into_primitive().tensor().client;
-        let dtype = x.q.dtype();
-        if s > 0 && chunk_size > 0 && tensor_core_chunks(&client, dtype, chunk_size.min(s), dqk, dv)
-        {
+        x.dims()?;
+        if tensor_core_chunks(x, chunk_size) {
             return super::chunk_matmul::chunkwise_matmul_keeping_states(x, state, chunk_size);
         }
         Self::mlstm_chunkwise(x, state, chunk_size).map(|(h, end)| (h, end, None))
@@ -347,11 +348,8 @@ where
         dh: Tensor<Self, 4>,
         dstate: MlstmState<Self>,
     ) -> (MlstmInputs<Self>, MlstmState<Self>) {
-        let dtype = x.q.dtype();
-        let client = x.q.clone().into_primitive().tensor().client;
-        let [_, _, s, dqk, dv] = x.dims().expect("checked by the forward");
-        let work = if tensor_core_chunks(&client, dtype, chunk_size.clamp(1, s), dqk, dv) {
-            dtype
+        let work = if tensor_core_chunks(x, chunk_size) {
+            x.q.dtype()
         } else {
             DType::F32
         };

@@ -94,9 +94,8 @@ pub trait MlstmBackend: Backend {
     /// Gradients of [`Self::mlstm_chunkwise`] from `state` (the zero state where the forward had
     /// none), given its output `h [B, NH, S, DV]` and the chunk-boundary states it kept (else
     /// they are recomputed): `dh` (like `h`) and `dstate` are the gradients of its outputs.
-    /// Returns the
-    /// gradients of the five inputs and of the three state tensors, each in its tensor's float
-    /// type. The default is TFLA's backward in tensor ops (`backward.rs`), memory
+    /// Returns the gradients of the five inputs and of the three state tensors, each in its
+    /// tensor's float type. The default is TFLA's backward in tensor ops (`backward.rs`), memory
     /// O(S · (chunk + DQK · DV / chunk)).
     fn mlstm_chunkwise_backward(
         x: &MlstmInputs<Self>,
