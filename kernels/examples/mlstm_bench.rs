@@ -5,7 +5,9 @@
 //! (`MLSTM_BENCH_BACKENDS=cuda` or `wgpu` picks one; `MLSTM_BENCH_QUICK=1` uses small shapes;
 //! `MLSTM_BENCH_SHAPES=2` times only the second chunkwise shape (a comma list of 1-based
 //! indices; all by default); `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference,
-//! which with burn's autotuning spends minutes tuning its many shapes).
+//! which with burn's autotuning spends minutes tuning its many shapes; `MLSTM_BENCH_PRODUCTS=1`
+//! also times the chunkwise schedule's batched products alone at the first shape, per operand
+//! layout).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -180,6 +182,10 @@ fn run<B: MlstmBackend>(
         }
     }
 
+    if std::env::var("MLSTM_BENCH_PRODUCTS").is_ok_and(|v| v == "1") {
+        products::<B>(backend, dev, quick, dtype, rows);
+    }
+
     let (nh, dqk, dv) = if quick { (2, 64, 128) } else { (8, 256, 512) };
     for (b, peer) in [
         (1, "triton 0.025"),
@@ -241,6 +247,88 @@ fn run<B: MlstmBackend>(
             what,
             ms,
             peer,
+        });
+    }
+}
+
+/// The batched products of the chunkwise schedule (`[B, NH, NC]` batches of one chunk each) at
+/// the first shape, with their operands as the schedule lays them out (a transposed operand is
+/// a `swap_dims` view) and stored the other way, through `MlstmBackend::mlstm_matmul`.
+fn products<B: MlstmBackend>(
+    backend: &'static str,
+    dev: &B::Device,
+    quick: bool,
+    dtype: DType,
+    rows: &mut Vec<Row>,
+) {
+    let (b, nh, nc, l, dqk, dv) = if quick {
+        (1, 2, 4, 64, 64, 128)
+    } else {
+        (8, 8, 128, 64, 256, 512)
+    };
+    let n = Distribution::Normal(0.0, 1.0);
+    let rand =
+        |d3: usize, d4: usize| Tensor::<B, 5>::random([b, nh, nc, d3, d4], n, dev).cast(dtype);
+    let (k, v, q, c, dnum) = (
+        rand(l, dqk),
+        rand(l, dv),
+        rand(l, dqk),
+        rand(dqk, dv),
+        rand(l, dv),
+    );
+    let (k_t, c_t) = (rand(dqk, l), rand(dv, dqk));
+    type Case<'a, B> = (&'a str, Box<dyn Fn() -> Tensor<B, 5> + 'a>);
+    let cases: Vec<Case<B>> = vec![
+        (
+            "Kᵀ V (K stored [L, DQK]) → work type",
+            Box::new(|| B::mlstm_matmul(k.clone().swap_dims(3, 4), v.clone(), dtype)),
+        ),
+        (
+            "Kᵀ V (Kᵀ stored [DQK, L]) → work type",
+            Box::new(|| B::mlstm_matmul(k_t.clone(), v.clone(), dtype)),
+        ),
+        (
+            "Kᵀ V (Kᵀ from a multiply of the view) → work type",
+            Box::new(|| B::mlstm_matmul(k.clone().swap_dims(3, 4) * 1.5, v.clone(), dtype)),
+        ),
+        (
+            "Kᵀ V (K stored [L, DQK]) → f32",
+            Box::new(|| B::mlstm_matmul(k.clone().swap_dims(3, 4), v.clone(), DType::F32)),
+        ),
+        (
+            "Q C₀ → f32",
+            Box::new(|| B::mlstm_matmul(q.clone(), c.clone(), DType::F32)),
+        ),
+        (
+            "dnum C₀ᵀ (C₀ stored [DQK, DV]) → f32",
+            Box::new(|| B::mlstm_matmul(dnum.clone(), c.clone().swap_dims(3, 4), DType::F32)),
+        ),
+        (
+            "dnum C₀ᵀ (C₀ᵀ stored [DV, DQK]) → f32",
+            Box::new(|| B::mlstm_matmul(dnum.clone(), c_t.clone(), DType::F32)),
+        ),
+        (
+            "Q Kᵀ → f32",
+            Box::new(|| B::mlstm_matmul(q.clone(), k.clone().swap_dims(3, 4), DType::F32)),
+        ),
+        (
+            "K_w dC → f32",
+            Box::new(|| B::mlstm_matmul(k.clone(), c.clone(), DType::F32)),
+        ),
+    ];
+    for (what, product) in cases {
+        let ms = guarded(|| {
+            time::<B>(dev, 10, 1, || {
+                let _ = product();
+            })
+        });
+        let what = format!("product {what} [B{b} NH{nh} NC{nc}, L{l} DQK{dqk} DV{dv}]");
+        println!("{backend} {what}: {ms:?} ms");
+        rows.push(Row {
+            backend,
+            what,
+            ms,
+            peer: "",
         });
     }
 }

@@ -833,6 +833,32 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
             });
         }
+        // dv's two terms summed and cast.
+        for &(rows, d) in &[(1, 1), (9, 3), (17, 6), (64, 512), (3, 1001)] {
+            let a = r.uniform(rows * d, -2.0, 2.0);
+            let b = r.uniform(rows * d, -2.0, 2.0);
+            keep_going(&mut failures, || {
+                let got = B::mlstm_sum_rows(
+                    tensor(&a, [rows, d], dev),
+                    tensor(&b, [rows, d], dev),
+                    dtype,
+                );
+                assert_eq!(got.dtype(), dtype, "sum rows: output float type");
+                let rd = Default::default();
+                let want = Ref::mlstm_sum_rows(
+                    tensor(&a, [rows, d], &rd),
+                    tensor(&b, [rows, d], &rd),
+                    DType::F32,
+                );
+                let bound = if is_half { 5e-3 } else { 1e-7 };
+                check(
+                    &format!("sum rows {dtype:?} [{rows}, {d}]"),
+                    values(got),
+                    values(want),
+                    bound,
+                );
+            });
+        }
         // The backward's last step for dq and dk: chunks of 1–5 rows, the state term's rows
         // shared by a chunk's rows.
         for &(rows, len, d) in &[(1, 1, 1), (6, 3, 5), (20, 5, 8), (64, 4, 256), (9, 9, 130)] {
@@ -878,6 +904,115 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 let bound = if is_half { 5e-3 } else { 1e-6 };
                 check(&format!("{what} out"), got, want, bound);
                 check(&format!("{what} dot"), dot, want_dot, 1e-5);
+            });
+        }
+        // The gate matrix of every chunk and the backward through it: chunks of 1–65 tokens
+        // (65: past the kernels, the tensor-op form on every backend), the last chunk ending in
+        // padding tokens (log f = 0, ĩ = M_EMPTY).
+        for &(g, len) in &[(1, 1), (2, 5), (3, 20), (1, 33), (2, 64), (1, 65)] {
+            let scores = r.uniform(g * len * len, -3.0, 3.0);
+            let dpv = r.uniform(g * len * len, -2.0, 2.0);
+            let mut log_f = r.uniform(g * len, -0.6, 0.0);
+            let mut log_i = r.uniform(g * len, -4.0, 3.0);
+            for t in g * len - (len / 3)..g * len {
+                (log_f[t], log_i[t]) = (0.0, -1e30);
+            }
+            let log_start = r.uniform(g * len, -2.0, 4.0);
+            let dqn = r.uniform(g * len, -1.0, 1.0);
+            let dstab = r.uniform(g * len, -1.0, 1.0);
+            let split = len % 2 == 1;
+            let what = format!("gate matrix {dtype:?} [{g}, {len}, {len}] split {split}");
+            let rd = Default::default();
+            let gates = |d: &burn::backend::ndarray::NdArrayDevice| {
+                Ref::mlstm_gate_matrix(
+                    tensor(&scores, [g, len, len], d),
+                    tensor(&log_f, [g, len], d),
+                    tensor(&log_i, [g, len], d),
+                    tensor(&log_start, [g, len], d),
+                    0.3,
+                    DType::F32,
+                    false,
+                )
+            };
+            keep_going(&mut failures, || {
+                let got = B::mlstm_gate_matrix(
+                    tensor(&scores, [g, len, len], dev),
+                    tensor(&log_f, [g, len], dev),
+                    tensor(&log_i, [g, len], dev),
+                    tensor(&log_start, [g, len], dev),
+                    0.3,
+                    dtype,
+                    split,
+                );
+                assert_eq!(got.p.dtype(), dtype, "gate matrix: P's float type");
+                assert_eq!(
+                    got.p_low.is_some(),
+                    split,
+                    "gate matrix: the rest where split"
+                );
+                let want = gates(&rd);
+                let p = match got.p_low {
+                    Some(low) => got.p.cast(DType::F32) + low.cast(DType::F32),
+                    None => got.p.cast(DType::F32),
+                };
+                // The split carries P to 2⁻¹⁶ relative in bf16; f16's rest runs into its
+                // subnormals where P is small.
+                let p_bound = match (is_half, split) {
+                    (false, _) => 1e-5,
+                    (true, true) => 5e-4,
+                    (true, false) => 5e-3,
+                };
+                check(&format!("{what} P"), values(p), values(want.p), p_bound);
+                let rows = |t: Tensor<B, 2>| values(t);
+                check(
+                    &format!("{what} row max"),
+                    rows(got.row_max),
+                    values(want.row_max),
+                    1e-6,
+                );
+                check(
+                    &format!("{what} row sums"),
+                    rows(got.p_sum),
+                    values(want.p_sum),
+                    1e-5,
+                );
+            });
+            keep_going(&mut failures, || {
+                let stab_of = |d: &burn::backend::ndarray::NdArrayDevice| {
+                    gates(d).row_max.max_pair(tensor(&log_start, [g, len], d))
+                };
+                let stab: Vec<f32> = values(stab_of(&rd)).iter().map(|&x| x as f32).collect();
+                fn grads<C: MlstmBackend>(
+                    d: &C::Device,
+                    [scores, dpv]: [&[f32]; 2],
+                    [log_f, log_i, stab, dqn, dstab]: [&[f32]; 5],
+                    [g, len]: [usize; 2],
+                    out: DType,
+                ) -> [Vec<f64>; 3] {
+                    let (ds, rows, cols) = C::mlstm_gate_grads(
+                        tensor(scores, [g, len, len], d),
+                        tensor(dpv, [g, len, len], d),
+                        tensor(log_f, [g, len], d),
+                        tensor(log_i, [g, len], d),
+                        tensor(stab, [g, len], d),
+                        tensor(dqn, [g, len], d),
+                        tensor(dstab, [g, len], d),
+                        0.3,
+                        out,
+                    );
+                    assert_eq!(ds.dtype(), out, "gate grads: dS's float type");
+                    [values(ds), values(rows), values(cols)]
+                }
+                let matrices = [&scores[..], &dpv];
+                let row_parts = [&log_f[..], &log_i, &stab, &dqn, &dstab];
+                let [ds, rows, cols] = grads::<B>(dev, matrices, row_parts, [g, len], dtype);
+                let [want_ds, want_rows, want_cols] =
+                    grads::<Ref>(&rd, matrices, row_parts, [g, len], DType::F32);
+                let what = format!("gate grads {dtype:?} [{g}, {len}, {len}]");
+                let bound = if is_half { 5e-3 } else { 1e-5 };
+                check(&format!("{what} dS"), ds, want_ds, bound);
+                check(&format!("{what} rows"), rows, want_rows, 1e-5);
+                check(&format!("{what} cols"), cols, want_cols, 1e-5);
             });
         }
         // The chunk-boundary states and the outputs from them, on this backend (its products
@@ -932,15 +1067,6 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             let q = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
             let k = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
             let log_f = r.uniform(g * nc * len, -0.6, 0.0);
-            let f_cum: Vec<f32> = log_f
-                .chunks(len)
-                .flat_map(|c| {
-                    c.iter().scan(0.0, |acc, x| {
-                        *acc += x;
-                        Some(*acc)
-                    })
-                })
-                .collect();
             let log_i = r.uniform(g * nc * len, -4.0, 3.0);
             let c_start = round_bf16(&r.uniform(g * nc * dqk * dv, -1.0, 1.0));
             let n_start = r.uniform(g * nc * dqk, -1.0, 1.0);
@@ -948,7 +1074,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             keep_going(&mut failures, || {
                 fn outputs<C: MlstmBackend>(
                     d: &C::Device,
-                    [q, k, v, f_cum, log_i, c_start, n_start, m_start]: [&[f32]; 8],
+                    [q, k, v, log_f, log_i, c_start, n_start, m_start]: [&[f32]; 8],
                     [b, nh, nc, len, dqk, dv]: [usize; 6],
                     dtype: DType,
                 ) -> Vec<f64> {
@@ -957,7 +1083,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                         on(tensor(q, [b, nh, nc, len, dqk], d)),
                         on(tensor(k, [b, nh, nc, len, dqk], d)),
                         on(tensor(v, [b, nh, nc, len, dv], d)),
-                        tensor(f_cum, [b, nh, nc, len], d),
+                        tensor(log_f, [b, nh, nc, len], d),
                         tensor(log_i, [b, nh, nc, len], d),
                         on(tensor(c_start, [b, nh, nc, dqk, dv], d)),
                         tensor(n_start, [b, nh, nc, dqk], d),
@@ -966,7 +1092,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     assert_eq!(h.dtype(), dtype, "outputs: float type");
                     values(h)
                 }
-                let parts = [&q[..], &k, &v, &f_cum, &log_i, &c_start, &n_start, &m_start];
+                let parts = [&q[..], &k, &v, &log_f, &log_i, &c_start, &n_start, &m_start];
                 let dims = [b, nh, nc, len, dqk, dv];
                 let got = outputs::<B>(dev, parts, dims, dtype);
                 let want = outputs::<Ref>(&rd, parts, dims, DType::F32);

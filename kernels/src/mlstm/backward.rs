@@ -32,12 +32,13 @@
 //! boundary terms), times `σ(-f̃)`.
 
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
-use xlstm_cells::mlstm::{segment_sums, MlstmInputs, MlstmState, EPS};
-use xlstm_gating::{log_forget_gate, M_EMPTY};
+use burn::tensor::{backend::Backend, DType, Tensor};
+use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
+use xlstm_gating::log_forget_gate;
 
 use super::chunk_matmul::{boundary_states, scan_chunks};
 use super::chunked::{batch_groups, chunks, Chunked};
+use super::gates::one_hot;
 use super::{ChunkStates, MlstmBackend};
 
 /// Bound on one stack of chunk-boundary states kept at once (bytes; four such `[NC, DQK, DV]`
@@ -131,11 +132,10 @@ fn group_backward<B: MlstmBackend>(
     let log_f = log_forget_gate(f_pre.clone());
     let f_cum = log_f.clone().cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
-    let seg = segment_sums(log_f); // F_t - F_s, [B, NH, NC, L, L]
 
     // The chunk-boundary states' weights (the states themselves are the forward's where it kept
-    // them, else recomputed).
-    let log_w = log_i.clone() + seg.clone().narrow(3, len - 1, 1).reshape([b, nh, nc, len]);
+    // them, else recomputed): log w_s = ĩ_s + Σ_{u>s} log f_u.
+    let log_w = log_i.clone() + sums_after(log_f.clone());
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
     let m_loc = m_loc.reshape([b, nh, nc]);
     // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
@@ -166,20 +166,32 @@ fn group_backward<B: MlstmBackend>(
 
     // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
     // quantities in f32, products of the work type.
-    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &dev);
-    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
-    let log_d = (seg + log_i.clone().unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
-    let (row_max, row_arg) = log_d.clone().max_dim_with_indices(4); // [B, NH, NC, L, 1]
-    let log_start = (m_start.clone().unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // m₀ + F_t
+    let chunk_count = b * nh * nc;
+    let by_chunk_row = |t: Tensor<B, 4>| t.reshape([chunk_count, len]);
+    let by_matrix = |t: Tensor<B, 5>| t.reshape([chunk_count, len, len]);
+    let as_rows = |t: Tensor<B, 2>| t.reshape([b, nh, nc, len, 1]);
+    let from_rows = |t: Tensor<B, 5>| t.reshape([chunk_count, len]);
+    let log_start = m_start.clone().unsqueeze_dim::<4>(3) + f_cum; // m₀ + F_t
+    let scores = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32); // q_t·k_s
+    let gates = B::mlstm_gate_matrix(
+        by_matrix(scores.clone()),
+        by_chunk_row(log_f.clone()),
+        by_chunk_row(log_i.clone()),
+        by_chunk_row(log_start.clone()),
+        scale,
+        work,
+        false,
+    );
+    let p_w = gates.p.reshape([b, nh, nc, len, len]); // P in the work type
+    let row_max = as_rows(gates.row_max);
+    let log_start = log_start.unsqueeze_dim::<5>(4);
     let from_start = log_start.clone().greater(row_max.clone());
     let stab = row_max.max_pair(log_start.clone());
-    let a = (log_d - stab.clone()).exp(); // A, 0 above the diagonal
     let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
-    let p = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32) * (a.clone() * scale);
     let n_start_w = w5(n_start.clone().unsqueeze_dim::<5>(4));
     let qn0 = mm(q.clone(), n_start_w, DType::F32); // q_t·n₀
-    let qn = p.clone().sum_dim(4) + qn0.clone() * g.clone();
-    let floor = stab.neg().exp();
+    let qn = as_rows(gates.p_sum) + qn0.clone() * g.clone();
+    let floor = stab.clone().neg().exp();
     let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
     let on_qn = qn.clone().abs().greater_equal(floor);
 
@@ -198,10 +210,20 @@ fn group_backward<B: MlstmBackend>(
         .neg()
         .mask_fill(on_qn.bool_not(), 0.0);
     let dstab = dot.neg() * EPS / den;
-    let dp = mm(dnum_w.clone(), v.clone().swap_dims(3, 4), DType::F32) + dqn.clone();
-    let ds = w5(dp.clone() * a);
-    let dlog_d =
-        dp * p.clone() + one_hot(row_arg, len) * dstab.clone().mask_fill(from_start.clone(), 0.0);
+    // dS = dP∘A with dP = dnum Vᵀ + dqn 1ᵀ, and the row and column sums of
+    // d log D = dP∘P (+ dstab at each row's maximum where the row maximum is the stabiliser).
+    let (ds, rows, cols) = B::mlstm_gate_grads(
+        by_matrix(scores),
+        by_matrix(mm(dnum_w.clone(), v.clone().swap_dims(3, 4), DType::F32)),
+        by_chunk_row(log_f),
+        by_chunk_row(log_i),
+        from_rows(stab),
+        from_rows(dqn.clone()),
+        from_rows(dstab.clone().mask_fill(from_start.clone(), 0.0)),
+        scale,
+        work,
+    );
+    let ds = ds.reshape([b, nh, nc, len, len]);
     // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
     // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
     let by_token = |t: Tensor<B, 5>| {
@@ -231,10 +253,16 @@ fn group_backward<B: MlstmBackend>(
     );
     let dg = dg.reshape([b, nh, nc, len, 1]);
     let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
-    let dv_out = mm(w5(p).swap_dims(3, 4), dnum_w.clone(), DType::F32);
+    let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), DType::F32);
+    // dn₀'s term Qᵀ (g∘dqn) as a product (exact f32: thinner than a tile), not Q cast to f32.
+    let dn_intra = mm(
+        q.clone().swap_dims(3, 4),
+        g.clone() * dqn.clone(),
+        DType::F32,
+    )
+    .reshape([b, nh, nc, dqk]);
     let gq = q * w5(g.clone());
-    let dc_intra = mm(gq.clone().swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
-    let dn_intra = (f32(gq) * dqn.clone()).sum_dim(3).reshape([b, nh, nc, dqk]);
+    let dc_intra = mm(gq.swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dlog_start =
         (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
@@ -313,8 +341,8 @@ fn group_backward<B: MlstmBackend>(
         + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
-    let rows = dlog_d.clone().sum_dim(4).reshape([b, nh, nc, len]);
-    let cols = dlog_d.sum_dim(3).reshape([b, nh, nc, len]);
+    let rows = rows.reshape([b, nh, nc, len]);
+    let cols = cols.reshape([b, nh, nc, len]);
     let di = cols.clone() + dlog_w.clone();
     let reverse_cumsum = |t: Tensor<B, 4>| t.flip([3]).cumsum(3).flip([3]);
     let dlog_f = reverse_cumsum(rows - cols + dlog_start)
@@ -336,7 +364,12 @@ fn group_backward<B: MlstmBackend>(
         MlstmInputs {
             q: out4(dq.reshape([b, nh, nc, len, dqk]), dqk, &x.q),
             k: out4(dk.reshape([b, nh, nc, len, dqk]), dqk, &x.k),
-            v: out4(dv_out + dv_state, dv, &x.v),
+            v: out4(
+                B::mlstm_sum_rows(by_token(dv_out), by_token(dv_state), x.v.dtype())
+                    .reshape([b, nh, nc, len, dv]),
+                dv,
+                &x.v,
+            ),
             i_preact: out3(di, &x.i_preact),
             f_preact: out3(df, &x.f_preact),
         },
@@ -346,6 +379,22 @@ fn group_backward<B: MlstmBackend>(
             m: dm.cast(state.m.dtype()),
         },
     )
+}
+
+/// `Σ_{u>s} log f_u` within each chunk `[B, NH, NC, L]` (a reverse cumulative sum).
+fn sums_after<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, nh, nc, len] = log_f.dims();
+    let zero = Tensor::<B, 4>::zeros([b, nh, nc, 1], &log_f.device());
+    if len == 1 {
+        return zero;
+    }
+    let later = Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3); // log f_{s+1}
+    later.flip([3]).cumsum(3).flip([3])
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_sum_rows`].
+pub(crate) fn sum_rows<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, out: DType) -> Tensor<B, 2> {
+    (a + b).cast(out)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_backward_rows`].
@@ -454,22 +503,6 @@ pub(crate) fn stabiliser_scan<B: Backend>(
         Tensor::cat(decays, 1),
         Tensor::cat(gains, 1),
     )
-}
-
-/// `1` at `index` along the last axis (of size `len`), f32: where a max sends its gradient.
-fn one_hot<B: Backend, const D: usize>(index: Tensor<B, D, Int>, len: usize) -> Tensor<B, D> {
-    let mut shape = index.dims();
-    shape[D - 1] = len;
-    let mut line = [1; D];
-    line[D - 1] = len;
-    let positions = Tensor::<B, 1, Int>::arange(0..len as i64, &index.device())
-        .reshape(line)
-        .expand(shape);
-    index
-        .expand(shape)
-        .equal(positions)
-        .float()
-        .cast(DType::F32)
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@
 //! form them); the chunk-boundary states are kept in the inputs' float type between the scan
 //! and the output products, as TFLA keeps them, and the final state is f32 throughout.
 
-use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
-use xlstm_gating::{log_forget_gate, normalizer, M_EMPTY};
+use xlstm_gating::{log_forget_gate, normalizer};
 
 use super::chunked::{batch_groups, Chunked};
 use super::{ChunkStates, MlstmBackend};
@@ -86,7 +86,8 @@ fn group_forward<B: MlstmBackend>(
         log_i, // [B, NH, NC, L]
         f_pre,
     } = Chunked::new(x, len, dtype);
-    let f_cum = log_forget_gate(f_pre).cumsum(3); // F_t
+    let log_f = log_forget_gate(f_pre);
+    let f_cum = log_f.clone().cumsum(3); // F_t
     let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
 
     // Each chunk's own contribution to its end state: ĩ_s + F_L - F_s, stabilised.
@@ -108,7 +109,7 @@ fn group_forward<B: MlstmBackend>(
         q,
         k,
         v,
-        f_cum,
+        log_f,
         log_i,
         kept.c_start.clone(),
         kept.n_start.clone(),
@@ -190,16 +191,16 @@ pub(crate) fn scan_chunks<B: MlstmBackend>(
     )
 }
 
-/// The tensor-op form of [`MlstmBackend::mlstm_chunk_outputs`]: log D_ts = F_t - F_s + ĩ_s
-/// (s ≤ t) and the start state with m₀ + F_t, both stabilised by their row maximum stab_t;
-/// the products through [`MlstmBackend::mlstm_matmul`], the last step
-/// [`MlstmBackend::mlstm_chunk_combine`].
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ` through
+/// [`MlstmBackend::mlstm_matmul`], the gate matrix `P = D∘(Q Kᵀ)/sqrt(DQK)` stabilised by its
+/// row maxima and the start state's `m₀ + F_t` ([`MlstmBackend::mlstm_gate_matrix`]), the
+/// products `P V` and `Q C₀`, then [`MlstmBackend::mlstm_chunk_combine`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_outputs<B: MlstmBackend>(
     q: Tensor<B, 5>,
     k: Tensor<B, 5>,
     v: Tensor<B, 5>,
-    f_cum: Tensor<B, 4>,
+    log_f: Tensor<B, 4>,
     log_i: Tensor<B, 4>,
     c_start: Tensor<B, 5>,
     n_start: Tensor<B, 4>,
@@ -209,30 +210,36 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let dv = v.dims()[4];
     let dtype = q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
-    let causal: Tensor<B, 2, Bool> = Tensor::tril_mask([len, len], 0, &q.device());
-    let causal = causal.unsqueeze::<5>().expand([b, nh, nc, len, len]);
-    let seg = f_cum.clone().unsqueeze_dim::<5>(4) - f_cum.clone().unsqueeze_dim::<5>(3); // F_t - F_s
-    let log_d = (seg + log_i.unsqueeze_dim::<5>(3)).mask_fill(causal, M_EMPTY);
-    let log_start = (m_start.unsqueeze_dim::<4>(3) + f_cum).unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let stab = log_d.clone().max_dim(4).max_pair(log_start.clone());
+    let chunks = b * nh * nc;
+    let by_chunk = |t: Tensor<B, 4>| t.reshape([chunks, len]);
+    let log_start = m_start.unsqueeze_dim::<4>(3) + log_f.clone().cumsum(3); // m₀ + F_t
     let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
-    let p = scores * ((log_d - stab.clone()).exp() * key_scale); // D∘(Q Kᵀ)/sqrt(DQK)
+                                                                            // P = D∘(Q Kᵀ)/sqrt(DQK) as the sum of two operands of the inputs' type (its rounded value
+                                                                            // and the rest): rounding it once to bf16 cost 4e-2 of relative error where the terms of
+                                                                            // a row cancel; the split leaves 2⁻¹⁶ of it.
+    let gates = B::mlstm_gate_matrix(
+        scores.reshape([chunks, len, len]),
+        by_chunk(log_f),
+        by_chunk(log_i),
+        by_chunk(log_start.clone()),
+        key_scale,
+        dtype,
+        dtype != DType::F32,
+    );
+    let row = |t: Tensor<B, 2>| t.reshape([b, nh, nc, len, 1]);
+    let log_start = row(log_start.reshape([chunks, len]));
+    let stab = row(gates.row_max).max_pair(log_start.clone());
     let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-
-    // (D∘P) V with D∘P as the sum of two operands of the inputs' type (its rounded value and
-    // the rest): rounding D∘P once to bf16 cost 4e-2 of relative error where the terms of a
-    // row cancel; the split leaves 2⁻¹⁶ of it.
-    let p_high = p.clone().cast(dtype);
-    let num = B::mlstm_matmul(p_high.clone(), v.clone(), DType::F32);
-    let num_lo = (dtype != DType::F32).then(|| {
-        let p_low = (p.clone() - p_high.cast(DType::F32)).cast(dtype);
-        B::mlstm_matmul(p_low, v, DType::F32)
-    });
+    let by_matrix = |t: Tensor<B, 3>| t.reshape([b, nh, nc, len, len]);
+    let num = B::mlstm_matmul(by_matrix(gates.p), v.clone(), DType::F32);
+    let num_lo = gates
+        .p_low
+        .map(|low| B::mlstm_matmul(by_matrix(low), v, DType::F32));
     // The start state's terms with the exact q (the row factor applied to the f32 products).
     let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
-    let qn =
-        p.sum_dim(4) + B::mlstm_matmul(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
-    let rows = b * nh * nc * len;
+    let qn = row(gates.p_sum)
+        + B::mlstm_matmul(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
+    let rows = chunks * len;
     let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);
     B::mlstm_chunk_combine(

@@ -14,7 +14,11 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
-use super::rows_kernel::{backward_rows_kernel, gradient_rows_kernel, ROWS_PER_CUBE, ROW_UNITS};
+use super::gate_kernel::{gate_grads_kernel, gate_matrix_kernel};
+use super::gates::{gate_grads, gate_matrix, GateMatrix};
+use super::rows_kernel::{
+    backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, ROWS_PER_CUBE, ROW_UNITS,
+};
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::{ChunkStates, MlstmBackend};
@@ -140,6 +144,34 @@ fn row_grid<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize) -> (CubeCoun
     (
         cubecl::calculate_cube_count_elemwise(client, units, dim),
         dim,
+    )
+}
+
+/// Largest chunk the gate kernels take (`gate_kernel.rs`: one unit per row and per column of
+/// the `[L, L]` matrix, which sits in shared memory).
+const GATE_CHUNK: usize = 64;
+
+/// Whether the gate kernels take `chunks` chunks of `len` tokens and an output of `out`.
+fn gate_kernels_take<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    chunks: usize,
+    len: usize,
+    out: DType,
+) -> bool {
+    let shared = 4 * (len * (len + 1) + 5 * len);
+    supported(out)
+        && chunks > 0
+        && (1..=GATE_CHUNK).contains(&len)
+        && shared <= client.properties().hardware.max_shared_memory_size
+}
+
+/// The grid of the gate kernels: one cube of `len` units per chunk (two grid axes where the
+/// chunks outnumber one).
+fn chunk_grid(chunks: usize, len: usize) -> (CubeCount, CubeDim) {
+    let across = chunks.min(MAX_CUBES);
+    (
+        CubeCount::Static(across as u32, chunks.div_ceil(across) as u32, 1),
+        CubeDim::new_1d(len as u32),
     )
 }
 
@@ -572,6 +604,125 @@ where
             [dtype.into(), out.into()],
         );
         (wrap(result), wrap(dot))
+    }
+
+    fn mlstm_gate_matrix(
+        scores: Tensor<Self, 3>,
+        log_f: Tensor<Self, 2>,
+        log_i: Tensor<Self, 2>,
+        log_start: Tensor<Self, 2>,
+        scale: f64,
+        out: DType,
+        split: bool,
+    ) -> GateMatrix<Self> {
+        let [chunks, len, _] = scores.dims();
+        let client = scores.clone().into_primitive().tensor().client;
+        if !gate_kernels_take(&client, chunks, len, out) {
+            return gate_matrix(scores, log_f, log_i, log_start, scale, out, split);
+        }
+        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        let scores = prim(scores.cast(DType::F32));
+        let p = empty(&scores, vec![chunks, len, len], out);
+        // Without the split the kernel writes no rest: a one-entry stand-in (not `p` again,
+        // which WebGPU refuses as two writable bindings of one buffer).
+        let rest_shape = if split {
+            vec![chunks, len, len]
+        } else {
+            vec![1]
+        };
+        let p_low = empty(&scores, rest_shape, out);
+        let row_max = empty(&scores, vec![chunks, len], DType::F32);
+        let p_sum = empty(&scores, vec![chunks, len], DType::F32);
+        let (count, dim) = chunk_grid(chunks, len);
+        gate_matrix_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            scores.into_tensor_arg(),
+            f32(log_f).into_tensor_arg(),
+            f32(log_i).into_tensor_arg(),
+            f32(log_start).into_tensor_arg(),
+            p.clone().into_tensor_arg(),
+            p_low.clone().into_tensor_arg(),
+            row_max.clone().into_tensor_arg(),
+            p_sum.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            split,
+            out.into(),
+        );
+        GateMatrix {
+            p: wrap(p),
+            p_low: split.then(|| wrap(p_low)),
+            row_max: wrap(row_max),
+            p_sum: wrap(p_sum),
+        }
+    }
+
+    fn mlstm_gate_grads(
+        scores: Tensor<Self, 3>,
+        dpv: Tensor<Self, 3>,
+        log_f: Tensor<Self, 2>,
+        log_i: Tensor<Self, 2>,
+        stab: Tensor<Self, 2>,
+        dqn: Tensor<Self, 2>,
+        dstab: Tensor<Self, 2>,
+        scale: f64,
+        out: DType,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let [chunks, len, _] = scores.dims();
+        let client = scores.clone().into_primitive().tensor().client;
+        if !gate_kernels_take(&client, chunks, len, out) {
+            return gate_grads(scores, dpv, log_f, log_i, stab, dqn, dstab, scale, out);
+        }
+        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        let scores = prim(scores.cast(DType::F32));
+        let ds = empty(&scores, vec![chunks, len, len], out);
+        let rows = empty(&scores, vec![chunks, len], DType::F32);
+        let cols = empty(&scores, vec![chunks, len], DType::F32);
+        let (count, dim) = chunk_grid(chunks, len);
+        gate_grads_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            scores.into_tensor_arg(),
+            prim(dpv.cast(DType::F32)).into_tensor_arg(),
+            f32(log_f).into_tensor_arg(),
+            f32(log_i).into_tensor_arg(),
+            f32(stab).into_tensor_arg(),
+            f32(dqn).into_tensor_arg(),
+            f32(dstab).into_tensor_arg(),
+            ds.clone().into_tensor_arg(),
+            rows.clone().into_tensor_arg(),
+            cols.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            out.into(),
+        );
+        (wrap(ds), wrap(rows), wrap(cols))
+    }
+
+    fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {
+        let [rows, d] = a.dims();
+        if !supported(out) || rows * d == 0 {
+            return super::backward::sum_rows(a, b, out);
+        }
+        let (a, b) = (prim(a.cast(DType::F32)), prim(b.cast(DType::F32)));
+        let sum = empty(&a, vec![rows, d], out);
+        let client = a.client.clone();
+        let width = vector_width(&client, d, out, DType::F32);
+        let dim = CubeDim::new_1d(256);
+        sum_rows_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, rows * d / width, dim),
+            dim,
+            width,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            out.into(),
+        );
+        wrap(sum)
     }
 
     fn mlstm_chunk_dots(

@@ -21,6 +21,9 @@ mod cube_matmul;
 #[cfg(feature = "cube")]
 mod dots_kernel;
 #[cfg(feature = "cube")]
+mod gate_kernel;
+mod gates;
+#[cfg(feature = "cube")]
 mod rows_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
@@ -30,6 +33,7 @@ mod step_kernel;
 pub use chunk_matmul::chunkwise_matmul;
 #[cfg(feature = "cube")]
 pub use cube::DEFAULT_CHUNK;
+pub use gates::GateMatrix;
 
 use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, DType, Tensor};
@@ -141,6 +145,51 @@ pub trait MlstmBackend: Backend {
         backward::gradient_rows(a, b, c, s, t, x, scale, len, out)
     }
 
+    /// The gate matrix of every chunk (`gates.rs`): from `scores [G, L, L]` (`q_t·k_s`, f32), the
+    /// chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and `ĩ`, f32; padding tokens `0` and
+    /// `M_EMPTY`) and `log_start [G, L]` (`m₀ + F_t`, f32): `P = scores · A · scale` in `out`
+    /// (and its rest where `split`), the row maxima of `log D` and the row sums of `P`. The
+    /// cube backends do it in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn mlstm_gate_matrix(
+        scores: Tensor<Self, 3>,
+        log_f: Tensor<Self, 2>,
+        log_i: Tensor<Self, 2>,
+        log_start: Tensor<Self, 2>,
+        scale: f64,
+        out: DType,
+        split: bool,
+    ) -> GateMatrix<Self> {
+        gates::gate_matrix(scores, log_f, log_i, log_start, scale, out, split)
+    }
+
+    /// The backward through the gate matrix of every chunk (`gates.rs`): from `scores` and
+    /// `dpv [G, L, L]` (`dnum_t·v_s`), `log_f, log_i`, the row stabilisers `stab`, `dqn` and
+    /// `dstab [G, L]` (the stabiliser's gradient where a row's maximum of `log D` takes it, else
+    /// 0), all f32: `dS = (dpv + dqn) ∘ A` in `out`, and the row and column sums `[G, L]` of
+    /// `d log D = (dpv + dqn) ∘ P + dstab` (at each row's first maximum). The cube backends do
+    /// it in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn mlstm_gate_grads(
+        scores: Tensor<Self, 3>,
+        dpv: Tensor<Self, 3>,
+        log_f: Tensor<Self, 2>,
+        log_i: Tensor<Self, 2>,
+        stab: Tensor<Self, 2>,
+        dqn: Tensor<Self, 2>,
+        dstab: Tensor<Self, 2>,
+        scale: f64,
+        out: DType,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        gates::gate_grads(scores, dpv, log_f, log_i, stab, dqn, dstab, scale, out)
+    }
+
+    /// The backward's `dv`, the intra-chunk term plus the chunk-boundary states' term: `a + b`
+    /// (f32 `[R, D]`) in `out`. The cube backends do it in one pass.
+    fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {
+        backward::sum_rows(a, b, out)
+    }
+
     /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over
     /// `c = 0..NC` (`reverse` false) or `NC-1..=0`, with `a [G, NC]` and `x0` f32 and
     /// `b [G, NC, E]` of any float type (`x` is f32 throughout). Returns `x` before each step
@@ -191,25 +240,24 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k
-    /// [B, NH, NC, L, DQK]` and `v [B, NH, NC, L, DV]` of one float type, the chunk-local sums
-    /// of `log f` `f_cum [B, NH, NC, L]` and `log_i [B, NH, NC, L]` (f32; padding tokens carry
-    /// `M_EMPTY`), the chunk-start `c_start [B, NH, NC, DQK, DV]` (the inputs' type),
+    /// [B, NH, NC, L, DQK]` and `v [B, NH, NC, L, DV]` of one float type, `log_f` and `log_i`
+    /// `[B, NH, NC, L]` (`log σ(f̃)` and `ĩ`, f32; padding tokens carry `0` and `M_EMPTY`), the chunk-start `c_start [B, NH, NC, DQK, DV]` (the inputs' type),
     /// `n_start [B, NH, NC, DQK]` and `m_start [B, NH, NC]` (f32). Returns
     /// `h [B, NH, NC, L, DV]` in the inputs' type. The default is batched products through
-    /// [`Self::mlstm_matmul`] and [`Self::mlstm_chunk_combine`]: the seam for a fused output
-    /// kernel (docs/kernels.md: one was tried and was slower).
+    /// [`Self::mlstm_matmul`], [`Self::mlstm_gate_matrix`] and [`Self::mlstm_chunk_combine`]:
+    /// the seam for a fused output kernel (docs/kernels.md: one was tried and was slower).
     #[allow(clippy::too_many_arguments)]
     fn mlstm_chunk_outputs(
         q: Tensor<Self, 5>,
         k: Tensor<Self, 5>,
         v: Tensor<Self, 5>,
-        f_cum: Tensor<Self, 4>,
+        log_f: Tensor<Self, 4>,
         log_i: Tensor<Self, 4>,
         c_start: Tensor<Self, 5>,
         n_start: Tensor<Self, 4>,
         m_start: Tensor<Self, 3>,
     ) -> Tensor<Self, 5> {
-        chunk_matmul::chunk_outputs(q, k, v, f_cum, log_i, c_start, n_start, m_start)
+        chunk_matmul::chunk_outputs(q, k, v, log_f, log_i, c_start, n_start, m_start)
     }
 
     /// The outputs of the chunkwise form from its f32 parts, row by row (eq. 21 with the

@@ -4,7 +4,8 @@
 //!   the backward's work type) and `dot_t = dh_t·h_t` (f32);
 //! - `gradient_rows_kernel`, the last step of `dq` and `dk`: the intra-chunk product plus the
 //!   chunk-boundary state's term, scaled and cast, and the term's inner product with `q` or `k`
-//!   (the gate gradients need it).
+//!   (the gate gradients need it);
+//! - `sum_rows_kernel`, `dv`: the sum of its two f32 terms, cast once.
 
 use cubecl::prelude::*;
 
@@ -92,6 +93,21 @@ pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
     let total = sum_over_row(f32::cast_from(sum.vector_sum()));
     if lane == 0 && row < rows {
         dot[row] = total;
+    }
+}
+
+/// `out = a + b` in `out`'s float type, one unit per vector of `W` entries. Every tensor
+/// contiguous.
+#[cube(launch)]
+pub(crate) fn sum_rows_kernel<O: Float, W: Size>(
+    a: &Tensor<Vector<f32, W>>,     // [R, D]
+    b: &Tensor<Vector<f32, W>>,     // [R, D]
+    out: &mut Tensor<Vector<O, W>>, // [R, D]
+    #[define(O)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos < out.shape(0) * out.shape(1) / out.vector_size() {
+        out[pos] = Vector::cast_from(a[pos] + b[pos]);
     }
 }
 

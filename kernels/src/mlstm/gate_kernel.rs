@@ -1,0 +1,212 @@
+//! The `[L, L]` gate matrix of a chunk in one kernel each way (the math and the tensor-op forms
+//! are in `gates.rs`): one cube of `L` units per chunk. The log gate matrix is built in shared
+//! memory column by column (unit `s` sums `log f` down its column, in the order of
+//! `segment_sums`), the row maxima row by row (unit `t`), then unit `s` walks the rows of the
+//! `[L, L]` operands, so that a warp reads and writes contiguous entries.
+//! - [`gate_matrix_kernel`]: `P = scores · A · scale` (rounded, and its rest where `split`), the
+//!   row maxima of `log D` and the row sums of `P`;
+//! - [`gate_grads_kernel`]: `dS = (dpv + dqn) ∘ A` and the row and column sums of
+//!   `d log D = (dpv + dqn) ∘ P` plus the stabiliser's gradient at each row's maximum.
+
+use cubecl::prelude::*;
+
+/// The chunk of this cube (the grid may be two-dimensional: more chunks than one axis takes).
+#[cube]
+fn chunk_index() -> usize {
+    CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
+}
+
+/// `log D` of chunk `g` into `tile` (`L` rows of `L + 1`: padded against bank conflicts), from
+/// `log_f, log_i [G, L]`: `Σ_{s<u≤t} log f_u + ĩ_s` for `s ≤ t`, `-1e30` above the diagonal.
+/// Every unit of the cube calls it (it synchronises the cube).
+#[cube]
+fn log_gate_matrix(
+    log_f: &Tensor<f32>,
+    log_i: &Tensor<f32>,
+    g: usize,
+    valid: bool,
+    tile: &mut SharedMemory<f32>,
+    #[comptime] l: usize,
+) {
+    let mut fs = SharedMemory::<f32>::new(l);
+    let s = UNIT_POS as usize;
+    if valid {
+        fs[s] = log_f[g * l + s];
+    }
+    // Protects: every log f is in shared memory before the columns sum them.
+    sync_cube();
+    if valid {
+        let i_s = log_i[g * l + s];
+        let mut acc = 0.0f32;
+        for t in 0..l {
+            let mut value = f32::new(-1.0e30); // M_EMPTY above the diagonal
+            if t >= s {
+                if t > s {
+                    acc += fs[t];
+                }
+                value = acc + i_s;
+            }
+            tile[t * (l + 1) + s] = value;
+        }
+    }
+    // Protects: the matrix is complete before rows are read.
+    sync_cube();
+}
+
+/// The first column of row `t` of `tile` where it takes its maximum over `s ≤ t`.
+#[cube]
+fn row_argmax(tile: &SharedMemory<f32>, t: usize, #[comptime] l: usize) -> usize {
+    let row = t * (l + 1);
+    let mut best = tile[row];
+    let mut arg = 0usize;
+    for s in 1..t + 1 {
+        let x = tile[row + s];
+        if x > best {
+            best = x;
+            arg = s;
+        }
+    }
+    arg
+}
+
+/// The sum of row `t` of `tile` over `s ≤ t`.
+#[cube]
+fn row_sum(tile: &SharedMemory<f32>, t: usize, #[comptime] l: usize) -> f32 {
+    let row = t * (l + 1);
+    let mut sum = 0.0f32;
+    for s in 0..t + 1 {
+        sum += tile[row + s];
+    }
+    sum
+}
+
+/// One cube of `L` units per chunk; every tensor contiguous.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_matrix_kernel<W: Float>(
+    scores: &Tensor<f32>,      // [G, L, L], q_t·k_s
+    log_f: &Tensor<f32>,       // [G, L]
+    log_i: &Tensor<f32>,       // [G, L]
+    log_start: &Tensor<f32>,   // [G, L], m₀ + F_t
+    p_high: &mut Tensor<W>,    // [G, L, L]
+    p_low: &mut Tensor<W>,     // [G, L, L], written where `split`
+    row_max: &mut Tensor<f32>, // [G, L]
+    p_sum: &mut Tensor<f32>,   // [G, L]
+    scale: f32,
+    #[comptime] l: usize,
+    #[comptime] split: bool,
+    #[define(W)] _dtype: StorageType,
+) {
+    let g = chunk_index();
+    let valid = g < log_f.shape(0);
+    let unit = UNIT_POS as usize;
+    let mut tile = SharedMemory::<f32>::new(comptime!(l * (l + 1)));
+    let mut stab = SharedMemory::<f32>::new(l);
+    log_gate_matrix(log_f, log_i, g, valid, &mut tile, l);
+
+    if valid {
+        let t = unit;
+        let max = tile[t * (l + 1) + row_argmax(&tile, t, l)];
+        row_max[g * l + t] = max;
+        stab[t] = max.max(log_start[g * l + t]);
+    }
+    // Protects: every row's stabiliser is in shared memory before the columns use it.
+    sync_cube();
+
+    if valid {
+        let s = unit;
+        for t in 0..l {
+            let at = (g * l + t) * l + s;
+            let mut p = 0.0f32;
+            if s <= t {
+                let a = (tile[t * (l + 1) + s] - stab[t]).exp();
+                p = scores[at] * (a * scale);
+            }
+            let high = W::cast_from(p);
+            p_high[at] = high;
+            if comptime!(split) {
+                p_low[at] = W::cast_from(p - f32::cast_from(high));
+            }
+            // Each entry is read and then overwritten by the same unit.
+            tile[t * (l + 1) + s] = p;
+        }
+    }
+    // Protects: P is complete before its rows are summed.
+    sync_cube();
+
+    if valid {
+        let t = unit;
+        p_sum[g * l + t] = row_sum(&tile, t, l);
+    }
+}
+
+/// One cube of `L` units per chunk; every tensor contiguous.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_grads_kernel<W: Float>(
+    scores: &Tensor<f32>,   // [G, L, L], q_t·k_s
+    dpv: &Tensor<f32>,      // [G, L, L], dnum_t·v_s
+    log_f: &Tensor<f32>,    // [G, L]
+    log_i: &Tensor<f32>,    // [G, L]
+    stab: &Tensor<f32>,     // [G, L]
+    dqn: &Tensor<f32>,      // [G, L]
+    dstab: &Tensor<f32>,    // [G, L], to each row's maximum of log D
+    ds: &mut Tensor<W>,     // [G, L, L]
+    rows: &mut Tensor<f32>, // [G, L]
+    cols: &mut Tensor<f32>, // [G, L]
+    scale: f32,
+    #[comptime] l: usize,
+    #[define(W)] _dtype: StorageType,
+) {
+    let g = chunk_index();
+    let valid = g < log_f.shape(0);
+    let unit = UNIT_POS as usize;
+    let mut tile = SharedMemory::<f32>::new(comptime!(l * (l + 1)));
+    let mut arg = SharedMemory::<u32>::new(l);
+    let mut stab_s = SharedMemory::<f32>::new(l);
+    let mut dqn_s = SharedMemory::<f32>::new(l);
+    let mut dstab_s = SharedMemory::<f32>::new(l);
+    log_gate_matrix(log_f, log_i, g, valid, &mut tile, l);
+
+    if valid {
+        let t = unit;
+        arg[t] = row_argmax(&tile, t, l) as u32;
+        stab_s[t] = stab[g * l + t];
+        dqn_s[t] = dqn[g * l + t];
+        dstab_s[t] = dstab[g * l + t];
+    }
+    // Protects: the row quantities are in shared memory before the columns use them.
+    sync_cube();
+
+    if valid {
+        let s = unit;
+        let mut col = 0.0f32;
+        for t in 0..l {
+            let at = (g * l + t) * l + s;
+            let mut grad = 0.0f32;
+            let mut dlog = 0.0f32;
+            if s <= t {
+                let a = (tile[t * (l + 1) + s] - stab_s[t]).exp();
+                let p = scores[at] * (a * scale);
+                let dp = dpv[at] + dqn_s[t];
+                grad = dp * a;
+                dlog = dp * p;
+                if s == arg[t] as usize {
+                    dlog += dstab_s[t];
+                }
+            }
+            ds[at] = W::cast_from(grad);
+            // Each entry is read and then overwritten by the same unit.
+            tile[t * (l + 1) + s] = dlog;
+            col += dlog;
+        }
+        cols[g * l + s] = col;
+    }
+    // Protects: d log D is complete before its rows are summed.
+    sync_cube();
+
+    if valid {
+        let t = unit;
+        rows[g * l + t] = row_sum(&tile, t, l);
+    }
+}
