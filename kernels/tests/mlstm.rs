@@ -833,6 +833,45 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
             });
         }
+        // Rows of every chunk times a weight, with and without their weighted sum.
+        for &(g, len, d) in &[(1, 1, 1), (3, 5, 6), (2, 64, 256), (1, 7, 1001), (70, 2, 8)] {
+            let x = round_bf16(&r.uniform(g * len * d, -2.0, 2.0));
+            let w = r.uniform(g * len, -1.5, 1.5);
+            let u = r.uniform(g * len, -1.5, 1.5);
+            let with_sum = d % 2 == 0;
+            keep_going(&mut failures, || {
+                let on = |t: Tensor<B, 3>| if is_half { t.cast(dtype) } else { t };
+                let (x_w, sum) = B::mlstm_weighted_rows(
+                    on(tensor(&x, [g, len, d], dev)),
+                    tensor(&w, [g, len], dev),
+                    with_sum.then(|| tensor(&u, [g, len], dev)),
+                );
+                assert_eq!(x_w.dtype(), dtype, "weighted rows: x's float type");
+                assert_eq!(
+                    sum.is_some(),
+                    with_sum,
+                    "weighted rows: the sum where asked"
+                );
+                let rd = Default::default();
+                let (want_x_w, want_sum) = Ref::mlstm_weighted_rows(
+                    tensor(&x, [g, len, d], &rd),
+                    tensor(&w, [g, len], &rd),
+                    Some(tensor(&u, [g, len], &rd)),
+                );
+                let what = format!("weighted rows {dtype:?} [{g}, {len}, {d}]");
+                let bound = if is_half { 5e-3 } else { 1e-7 };
+                check(
+                    &format!("{what} rows"),
+                    values(x_w),
+                    values(want_x_w),
+                    bound,
+                );
+                if let Some(sum) = sum {
+                    let want = values(want_sum.expect("asked for"));
+                    check(&format!("{what} sum"), values(sum), want, 1e-6);
+                }
+            });
+        }
         // dv's two terms summed and cast.
         for &(rows, d) in &[(1, 1), (9, 3), (17, 6), (64, 512), (3, 1001)] {
             let a = r.uniform(rows * d, -2.0, 2.0);
@@ -909,8 +948,17 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
         // The gate matrix of every chunk and the backward through it: chunks of 1–65 tokens
         // (65: past the kernels, the tensor-op form on every backend), the last chunk ending in
         // padding tokens (log f = 0, ĩ = M_EMPTY).
-        for &(g, len) in &[(1, 1), (2, 5), (3, 20), (1, 33), (2, 64), (1, 65)] {
+        for &(g, len, dqk) in &[
+            (1, 1, 1),
+            (2, 5, 13),
+            (3, 20, 64),
+            (1, 33, 48),
+            (2, 64, 256),
+            (1, 65, 16),
+        ] {
             let scores = r.uniform(g * len * len, -3.0, 3.0);
+            let q = round_bf16(&r.uniform(g * len * dqk, -1.0, 1.0));
+            let n_start = r.uniform(g * dqk, -1.0, 1.0);
             let dpv = r.uniform(g * len * len, -2.0, 2.0);
             let mut log_f = r.uniform(g * len, -0.6, 0.0);
             let mut log_i = r.uniform(g * len, -4.0, 3.0);
@@ -929,6 +977,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     tensor(&log_f, [g, len], d),
                     tensor(&log_i, [g, len], d),
                     tensor(&log_start, [g, len], d),
+                    tensor(&q, [g, len, dqk], d),
+                    tensor(&n_start, [g, dqk], d),
                     0.3,
                     DType::F32,
                     false,
@@ -940,6 +990,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     tensor(&log_f, [g, len], dev),
                     tensor(&log_i, [g, len], dev),
                     tensor(&log_start, [g, len], dev),
+                    tensor::<B, 3>(&q, [g, len, dqk], dev).cast(dtype),
+                    tensor(&n_start, [g, dqk], dev),
                     0.3,
                     dtype,
                     split,
@@ -974,6 +1026,12 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     &format!("{what} row sums"),
                     rows(got.p_sum),
                     values(want.p_sum),
+                    1e-5,
+                );
+                check(
+                    &format!("{what} q·n₀"),
+                    rows(got.qn0),
+                    values(want.qn0),
                     1e-5,
                 );
             });

@@ -117,7 +117,6 @@ fn group_backward<B: MlstmBackend>(
     let dev = x.q.device();
     let scale = 1.0 / (dqk as f64).sqrt();
     let f32 = |t: Tensor<B, 5>| t.cast(DType::F32);
-    let w5 = |t: Tensor<B, 5>| t.cast(work);
     let Chunked {
         q, // [B, NH, NC, L, DQK]
         k,
@@ -151,7 +150,14 @@ fn group_backward<B: MlstmBackend>(
     let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-    let k_w = k.clone() * w5(w.clone() * scale);
+                                // w_s k_s / sqrt(DQK), and where the states are recomputed Σ_s w_s k_s / sqrt(DQK) for n.
+    let w_keys = (w.clone() * scale).reshape([b * nh * nc, len]);
+    let (k_w, k_sum) = B::mlstm_weighted_rows(
+        k.clone().reshape([b * nh * nc, len, dqk]),
+        w_keys.clone(),
+        states.is_none().then_some(w_keys),
+    );
+    let k_w = k_w.reshape([b, nh, nc, len, dqk]);
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
 
     // States of the work type (`b_c` of the work type in `scan_chunks`), those the forward kept
@@ -161,7 +167,11 @@ fn group_backward<B: MlstmBackend>(
         c_end,
         n_start,
         n_end,
-    } = states.unwrap_or_else(|| boundary_states(k_w.clone(), v.clone(), decay.clone(), &state));
+    } = states.unwrap_or_else(|| {
+        let k_sum = k_sum.expect("asked for where no states were kept");
+        let k_sum = k_sum.reshape([b, nh, nc, dqk]);
+        boundary_states(k_w.clone(), k_sum, v.clone(), decay.clone(), &state)
+    });
     let m_start = m_all.clone().narrow(2, 0, nc);
 
     // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
@@ -178,6 +188,8 @@ fn group_backward<B: MlstmBackend>(
         by_chunk_row(log_f.clone()),
         by_chunk_row(log_i.clone()),
         by_chunk_row(log_start.clone()),
+        q.clone().reshape([chunk_count, len, dqk]),
+        n_start.clone().reshape([chunk_count, dqk]),
         scale,
         work,
         false,
@@ -188,9 +200,7 @@ fn group_backward<B: MlstmBackend>(
     let from_start = log_start.clone().greater(row_max.clone());
     let stab = row_max.max_pair(log_start.clone());
     let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
-    let n_start_w = w5(n_start.clone().unsqueeze_dim::<5>(4));
-    let qn0 = mm(q.clone(), n_start_w, DType::F32); // q_t·n₀
-    let qn = as_rows(gates.p_sum) + qn0.clone() * g.clone();
+    let qn = as_rows(gates.p_sum) + as_rows(gates.qn0) * g.clone(); // q_t·n₀ with n₀ in f32
     let floor = stab.clone().neg().exp();
     let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
     let on_qn = qn.clone().abs().greater_equal(floor);
@@ -254,14 +264,14 @@ fn group_backward<B: MlstmBackend>(
     let dg = dg.reshape([b, nh, nc, len, 1]);
     let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
     let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), DType::F32);
-    // dn₀'s term Qᵀ (g∘dqn) as a product (exact f32: thinner than a tile), not Q cast to f32.
-    let dn_intra = mm(
-        q.clone().swap_dims(3, 4),
-        g.clone() * dqn.clone(),
-        DType::F32,
-    )
-    .reshape([b, nh, nc, dqk]);
-    let gq = q * w5(g.clone());
+    // g∘q and dn₀'s term Σ_t g_t dqn_t q_t in one pass over q.
+    let (gq, dn_intra) = B::mlstm_weighted_rows(
+        q.reshape([chunk_count, len, dqk]),
+        from_rows(g.clone()),
+        Some(from_rows(g.clone() * dqn.clone())),
+    );
+    let gq = gq.reshape([b, nh, nc, len, dqk]);
+    let dn_intra = dn_intra.expect("asked for").reshape([b, nh, nc, dqk]);
     let dc_intra = mm(gq.swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dlog_start =
         (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
@@ -390,6 +400,19 @@ fn sums_after<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 4> {
     }
     let later = Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3); // log f_{s+1}
     later.flip([3]).cumsum(3).flip([3])
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_weighted_rows`].
+pub(crate) fn weighted_rows<B: Backend>(
+    x: Tensor<B, 3>,
+    w: Tensor<B, 2>,
+    u: Option<Tensor<B, 2>>,
+) -> (Tensor<B, 3>, Option<Tensor<B, 2>>) {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let x_w = (x.clone() * w.unsqueeze_dim(2)).cast(dtype);
+    let sum = u.map(|u| (x * u.unsqueeze_dim(2)).sum_dim(1).squeeze_dim(1));
+    (x_w, sum)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_sum_rows`].

@@ -101,10 +101,23 @@ fn group_forward<B: MlstmBackend>(
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
 
-    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
-    let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
-    let k_w = k.clone() * w.cast(dtype).unsqueeze_dim::<5>(4);
-    let kept = boundary_states(k_w, v.clone(), decay, &state);
+    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}; the weighted
+    // keys w_s k_s and their sum Σ_s w_s k_s (for n) in one pass.
+    let w = ((log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale)
+        .reshape([b * nh * nc, len]);
+    let (k_w, k_sum) = B::mlstm_weighted_rows(
+        k.clone().reshape([b * nh * nc, len, dqk]),
+        w.clone(),
+        Some(w),
+    );
+    let k_sum = k_sum.expect("asked for").reshape([b, nh, nc, dqk]);
+    let kept = boundary_states(
+        k_w.reshape([b, nh, nc, len, dqk]),
+        k_sum,
+        v.clone(),
+        decay,
+        &state,
+    );
     let h = B::mlstm_chunk_outputs(
         q,
         k,
@@ -129,21 +142,22 @@ fn group_forward<B: MlstmBackend>(
 
 /// The chunk-boundary states from the initial `state`: `C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ`
 /// per chunk (eq. 19 summed over the chunk), likewise `n`, from the weighted keys
-/// `k_w [B, NH, NC, L, DQK]` (`w_s k_s`, the key scale included), `v [B, NH, NC, L, DV]` and
+/// `k_w [B, NH, NC, L, DQK]` (`w_s k_s`, the key scale included), their sum over each chunk
+/// `k_sum [B, NH, NC, DQK]` (f32), `v [B, NH, NC, L, DV]` and
 /// `decay [B, NH, NC]` (`e^{F_L+m₀-m₁}`). The forward and the backward's recompute share it.
 pub(crate) fn boundary_states<B: MlstmBackend>(
     k_w: Tensor<B, 5>,
+    k_sum: Tensor<B, 4>,
     v: Tensor<B, 5>,
     decay: Tensor<B, 3>,
     state: &MlstmState<B>,
 ) -> ChunkStates<B> {
     let [b, nh, nc, _, dqk] = k_w.dims();
-    let k_sum = k_w.clone().cast(DType::F32).sum_dim(3); // [B, NH, NC, 1, DQK]
     let (c_start, c_end) =
         B::mlstm_chunk_states(k_w, v, decay.clone(), state.c.clone().cast(DType::F32));
     let (n_start, n_end) = scan_chunks(
         decay,
-        k_sum.swap_dims(3, 4), // [B, NH, NC, DQK, 1]
+        k_sum.unsqueeze_dim::<5>(4), // [B, NH, NC, DQK, 1]
         state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
         false,
     );
@@ -222,6 +236,8 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
         by_chunk(log_f),
         by_chunk(log_i),
         by_chunk(log_start.clone()),
+        q.clone().reshape([chunks, len, dqk]),
+        n_start.reshape([chunks, dqk]),
         key_scale,
         dtype,
         dtype != DType::F32,
@@ -237,8 +253,7 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
         .map(|low| B::mlstm_matmul(by_matrix(low), v, DType::F32));
     // The start state's terms with the exact q (the row factor applied to the f32 products).
     let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
-    let qn = row(gates.p_sum)
-        + B::mlstm_matmul(q, n_start.unsqueeze_dim::<5>(4), DType::F32) * gain.clone();
+    let qn = row(gates.p_sum) + row(gates.qn0) * gain.clone();
     let rows = chunks * len;
     let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);

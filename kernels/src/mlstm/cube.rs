@@ -17,7 +17,8 @@ use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::gate_kernel::{gate_grads_kernel, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
 use super::rows_kernel::{
-    backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, ROWS_PER_CUBE, ROW_UNITS,
+    backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, weighted_rows_kernel,
+    COLUMN_UNITS, ROWS_PER_CUBE, ROW_UNITS,
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
@@ -611,15 +612,20 @@ where
         log_f: Tensor<Self, 2>,
         log_i: Tensor<Self, 2>,
         log_start: Tensor<Self, 2>,
+        q: Tensor<Self, 3>,
+        n_start: Tensor<Self, 2>,
         scale: f64,
         out: DType,
         split: bool,
     ) -> GateMatrix<Self> {
         let [chunks, len, _] = scores.dims();
         let client = scores.clone().into_primitive().tensor().client;
-        if !gate_kernels_take(&client, chunks, len, out) {
-            return gate_matrix(scores, log_f, log_i, log_start, scale, out, split);
+        if !gate_kernels_take(&client, chunks, len, out) || !supported(q.dtype()) {
+            return gate_matrix(
+                scores, log_f, log_i, log_start, q, n_start, scale, out, split,
+            );
         }
+        let q_dtype = q.dtype();
         let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let scores = prim(scores.cast(DType::F32));
         let p = empty(&scores, vec![chunks, len, len], out);
@@ -633,6 +639,7 @@ where
         let p_low = empty(&scores, rest_shape, out);
         let row_max = empty(&scores, vec![chunks, len], DType::F32);
         let p_sum = empty(&scores, vec![chunks, len], DType::F32);
+        let qn0 = empty(&scores, vec![chunks, len], DType::F32);
         let (count, dim) = chunk_grid(chunks, len);
         gate_matrix_kernel::launch::<R>(
             &client,
@@ -642,20 +649,24 @@ where
             f32(log_f).into_tensor_arg(),
             f32(log_i).into_tensor_arg(),
             f32(log_start).into_tensor_arg(),
+            prim(q).into_tensor_arg(),
+            f32(n_start).into_tensor_arg(),
             p.clone().into_tensor_arg(),
             p_low.clone().into_tensor_arg(),
             row_max.clone().into_tensor_arg(),
             p_sum.clone().into_tensor_arg(),
+            qn0.clone().into_tensor_arg(),
             scale as f32,
             len,
             split,
-            out.into(),
+            [out.into(), q_dtype.into()],
         );
         GateMatrix {
             p: wrap(p),
             p_low: split.then(|| wrap(p_low)),
             row_max: wrap(row_max),
             p_sum: wrap(p_sum),
+            qn0: wrap(qn0),
         }
     }
 
@@ -700,6 +711,52 @@ where
             out.into(),
         );
         (wrap(ds), wrap(rows), wrap(cols))
+    }
+
+    fn mlstm_weighted_rows(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 2>,
+        u: Option<Tensor<Self, 2>>,
+    ) -> (Tensor<Self, 3>, Option<Tensor<Self, 2>>) {
+        let [chunks, len, d] = x.dims();
+        let dtype = x.dtype();
+        if !supported(dtype) || chunks * len * d == 0 {
+            return super::backward::weighted_rows(x, w, u);
+        }
+        let f32_rows = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        let x = prim(x);
+        let w = f32_rows(w);
+        let with_sum = u.is_some();
+        let u = u.map_or_else(|| w.clone(), f32_rows);
+        let x_w = empty(&x, vec![chunks, len, d], dtype);
+        // Without the sum the kernel writes none: a one-entry stand-in.
+        let sum = empty(
+            &x,
+            if with_sum { vec![chunks, d] } else { vec![1] },
+            DType::F32,
+        );
+        let client = x.client.clone();
+        let width = vector_width(&client, d, dtype, DType::F32);
+        let across = chunks.min(MAX_CUBES);
+        let count = CubeCount::Static(
+            (d / width).div_ceil(COLUMN_UNITS) as u32,
+            across as u32,
+            chunks.div_ceil(across) as u32,
+        );
+        weighted_rows_kernel::launch::<R>(
+            &client,
+            count,
+            CubeDim::new_1d(COLUMN_UNITS as u32),
+            width,
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            u.into_tensor_arg(),
+            x_w.clone().into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            with_sum,
+            dtype.into(),
+        );
+        (wrap(x_w), with_sum.then(|| wrap(sum)))
     }
 
     fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {

@@ -4,7 +4,8 @@
 //! `segment_sums`), the row maxima row by row (unit `t`), then unit `s` walks the rows of the
 //! `[L, L]` operands, so that a warp reads and writes contiguous entries.
 //! - [`gate_matrix_kernel`]: `P = scores · A · scale` (rounded, and its rest where `split`), the
-//!   row maxima of `log D` and the row sums of `P`;
+//!   row maxima of `log D`, the row sums of `P` and `q_t·n₀` (unit `s` sums the columns
+//!   `s, s + L, …` of every row, then unit `t` adds its row's partial sums);
 //! - [`gate_grads_kernel`]: `dS = (dpv + dqn) ∘ A` and the row and column sums of
 //!   `d log D = (dpv + dqn) ∘ P` plus the stabiliser's gradient at each row's maximum.
 
@@ -69,12 +70,12 @@ fn row_argmax(tile: &SharedMemory<f32>, t: usize, #[comptime] l: usize) -> usize
     arg
 }
 
-/// The sum of row `t` of `tile` over `s ≤ t`.
+/// The sum of row `t` of `tile` over its first `count` columns.
 #[cube]
-fn row_sum(tile: &SharedMemory<f32>, t: usize, #[comptime] l: usize) -> f32 {
+fn row_sum(tile: &SharedMemory<f32>, t: usize, count: usize, #[comptime] l: usize) -> f32 {
     let row = t * (l + 1);
     let mut sum = 0.0f32;
-    for s in 0..t + 1 {
+    for s in 0..count {
         sum += tile[row + s];
     }
     sum
@@ -83,19 +84,22 @@ fn row_sum(tile: &SharedMemory<f32>, t: usize, #[comptime] l: usize) -> f32 {
 /// One cube of `L` units per chunk; every tensor contiguous.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gate_matrix_kernel<W: Float>(
+pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
     scores: &Tensor<f32>,      // [G, L, L], q_t·k_s
     log_f: &Tensor<f32>,       // [G, L]
     log_i: &Tensor<f32>,       // [G, L]
     log_start: &Tensor<f32>,   // [G, L], m₀ + F_t
+    q: &Tensor<Q>,             // [G, L, DQK]
+    n_start: &Tensor<f32>,     // [G, DQK]
     p_high: &mut Tensor<W>,    // [G, L, L]
     p_low: &mut Tensor<W>,     // [G, L, L], written where `split`
     row_max: &mut Tensor<f32>, // [G, L]
     p_sum: &mut Tensor<f32>,   // [G, L]
+    qn0: &mut Tensor<f32>,     // [G, L]
     scale: f32,
     #[comptime] l: usize,
     #[comptime] split: bool,
-    #[define(W)] _dtype: StorageType,
+    #[define(W, Q)] _dtypes: [StorageType; 2],
 ) {
     let g = chunk_index();
     let valid = g < log_f.shape(0);
@@ -136,7 +140,30 @@ pub(crate) fn gate_matrix_kernel<W: Float>(
 
     if valid {
         let t = unit;
-        p_sum[g * l + t] = row_sum(&tile, t, l);
+        p_sum[g * l + t] = row_sum(&tile, t, t + 1, l);
+    }
+    // Protects: the rows of P are summed before the tile takes the partial sums of q·n₀.
+    sync_cube();
+
+    if valid {
+        let s = unit;
+        let dqk = n_start.shape(1);
+        for t in 0..l {
+            let mut part = 0.0f32;
+            let mut a = s;
+            while a < dqk {
+                part += f32::cast_from(q[(g * l + t) * dqk + a]) * n_start[g * dqk + a];
+                a += l;
+            }
+            tile[t * (l + 1) + s] = part;
+        }
+    }
+    // Protects: every partial sum is written before the rows add them.
+    sync_cube();
+
+    if valid {
+        let t = unit;
+        qn0[g * l + t] = row_sum(&tile, t, l, l);
     }
 }
 
@@ -207,6 +234,6 @@ pub(crate) fn gate_grads_kernel<W: Float>(
 
     if valid {
         let t = unit;
-        rows[g * l + t] = row_sum(&tile, t, l);
+        rows[g * l + t] = row_sum(&tile, t, t + 1, l);
     }
 }

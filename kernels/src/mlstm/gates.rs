@@ -1,6 +1,5 @@
 //! The `[L, L]` gate matrix of every chunk (TFLA's `D`), forward and backward, in tensor ops:
-//! the forms of [`super::MlstmBackend::mlstm_gate_matrix`] and
-//! [`super::MlstmBackend::mlstm_gate_grads`]
+//! the forms of [`MlstmBackend::mlstm_gate_matrix`] and [`MlstmBackend::mlstm_gate_grads`]
 //! (the cube backends run each as one kernel, `gate_kernel.rs`).
 //!
 //! Within a chunk of `L` tokens, `log D_ts = Σ_{s<u≤t} log f_u + ĩ_s` for `s ≤ t` (else
@@ -11,6 +10,8 @@
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use xlstm_cells::mlstm::segment_sums;
 use xlstm_gating::M_EMPTY;
+
+use super::MlstmBackend;
 
 /// What the outputs of the chunks take from their gate matrices.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct GateMatrix<B: Backend> {
     pub row_max: Tensor<B, 2>,
     /// `Σ_s P_ts` `[G, L]` of the unrounded `P`, f32.
     pub p_sum: Tensor<B, 2>,
+    /// `q_t·n₀` `[G, L]`, f32.
+    pub qn0: Tensor<B, 2>,
 }
 
 /// `log D [G, L, L]` of `log_f, log_i [G, L]`: `M_EMPTY` above the diagonal.
@@ -35,16 +38,26 @@ fn log_gate_matrix<B: Backend>(log_f: Tensor<B, 2>, log_i: Tensor<B, 2>) -> Tens
         .mask_fill(causal.unsqueeze::<3>().expand([g, len, len]), M_EMPTY)
 }
 
-/// The tensor-op form of [`super::MlstmBackend::mlstm_gate_matrix`].
-pub(crate) fn gate_matrix<B: Backend>(
+/// The tensor-op form of [`MlstmBackend::mlstm_gate_matrix`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_matrix<B: MlstmBackend>(
     scores: Tensor<B, 3>,
     log_f: Tensor<B, 2>,
     log_i: Tensor<B, 2>,
     log_start: Tensor<B, 2>,
+    q: Tensor<B, 3>,
+    n_start: Tensor<B, 2>,
     scale: f64,
     out: DType,
     split: bool,
 ) -> GateMatrix<B> {
+    let [g, len, dqk] = q.dims();
+    let qn0 = B::mlstm_matmul(
+        q.reshape([1, 1, g, len, dqk]),
+        n_start.cast(DType::F32).reshape([1, 1, g, dqk, 1]),
+        DType::F32,
+    )
+    .reshape([g, len]);
     let log_d = log_gate_matrix(log_f, log_i);
     let row_max = log_d.clone().max_dim(2); // [G, L, 1]
     let stab = row_max.clone().max_pair(log_start.unsqueeze_dim(2));
@@ -57,10 +70,11 @@ pub(crate) fn gate_matrix<B: Backend>(
         p_low,
         row_max: row_max.squeeze_dim(2),
         p_sum,
+        qn0,
     }
 }
 
-/// The tensor-op form of [`super::MlstmBackend::mlstm_gate_grads`].
+/// The tensor-op form of [`MlstmBackend::mlstm_gate_grads`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_grads<B: Backend>(
     scores: Tensor<B, 3>,

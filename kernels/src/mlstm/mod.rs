@@ -145,22 +145,27 @@ pub trait MlstmBackend: Backend {
         backward::gradient_rows(a, b, c, s, t, x, scale, len, out)
     }
 
-    /// The gate matrix of every chunk (`gates.rs`): from `scores [G, L, L]` (`q_t·k_s`, f32), the
-    /// chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and `ĩ`, f32; padding tokens `0` and
-    /// `M_EMPTY`) and `log_start [G, L]` (`m₀ + F_t`, f32): `P = scores · A · scale` in `out`
-    /// (and its rest where `split`), the row maxima of `log D` and the row sums of `P`. The
-    /// cube backends do it in one pass.
+    /// The gate matrix of every chunk and the parts of its normaliser (`gates.rs`): from
+    /// `scores [G, L, L]` (`q_t·k_s`, f32), the chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and
+    /// `ĩ`, f32; padding tokens `0` and `M_EMPTY`), `log_start [G, L]` (`m₀ + F_t`, f32), the
+    /// queries `q [G, L, DQK]` (any float type) and the chunk-start `n_start [G, DQK]`:
+    /// `P = scores · A · scale` in `out` (and its rest where `split`), the row maxima of
+    /// `log D`, the row sums of `P` and `q_t·n₀`. The cube backends do it in one pass.
     #[allow(clippy::too_many_arguments)]
     fn mlstm_gate_matrix(
         scores: Tensor<Self, 3>,
         log_f: Tensor<Self, 2>,
         log_i: Tensor<Self, 2>,
         log_start: Tensor<Self, 2>,
+        q: Tensor<Self, 3>,
+        n_start: Tensor<Self, 2>,
         scale: f64,
         out: DType,
         split: bool,
     ) -> GateMatrix<Self> {
-        gates::gate_matrix(scores, log_f, log_i, log_start, scale, out, split)
+        gates::gate_matrix(
+            scores, log_f, log_i, log_start, q, n_start, scale, out, split,
+        )
     }
 
     /// The backward through the gate matrix of every chunk (`gates.rs`): from `scores` and
@@ -182,6 +187,18 @@ pub trait MlstmBackend: Backend {
         out: DType,
     ) -> (Tensor<Self, 3>, Tensor<Self, 2>, Tensor<Self, 2>) {
         gates::gate_grads(scores, dpv, log_f, log_i, stab, dqn, dstab, scale, out)
+    }
+
+    /// The rows of every chunk times a weight per row: `x_w = x ⊙ w` in `x`'s float type
+    /// (`x [G, L, D]` of any float type, `w [G, L]` f32) and, where `u [G, L]` is given, the
+    /// weighted sum of the rows `Σ_s u_s x_s` `[G, D]` in f32. The cube backends do it in one
+    /// pass.
+    fn mlstm_weighted_rows(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 2>,
+        u: Option<Tensor<Self, 2>>,
+    ) -> (Tensor<Self, 3>, Option<Tensor<Self, 2>>) {
+        backward::weighted_rows(x, w, u)
     }
 
     /// The backward's `dv`, the intra-chunk term plus the chunk-boundary states' term: `a + b`

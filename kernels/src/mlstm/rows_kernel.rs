@@ -5,7 +5,10 @@
 //! - `gradient_rows_kernel`, the last step of `dq` and `dk`: the intra-chunk product plus the
 //!   chunk-boundary state's term, scaled and cast, and the term's inner product with `q` or `k`
 //!   (the gate gradients need it);
-//! - `sum_rows_kernel`, `dv`: the sum of its two f32 terms, cast once.
+//! - `sum_rows_kernel`, `dv`: the sum of its two f32 terms, cast once;
+//! - `weighted_rows_kernel`, the rows of every chunk times a weight per row (`w_s k_s` for the
+//!   chunk-boundary states, `g_t q_t`), with a weighted sum of the rows (`Σ_s w_s k_s` for `n`,
+//!   `Σ_t g_t dqn_t q_t` for `dn₀`).
 
 use cubecl::prelude::*;
 
@@ -108,6 +111,43 @@ pub(crate) fn sum_rows_kernel<O: Float, W: Size>(
     let pos = ABSOLUTE_POS;
     if pos < out.shape(0) * out.shape(1) / out.vector_size() {
         out[pos] = Vector::cast_from(a[pos] + b[pos]);
+    }
+}
+
+/// Units per cube of `weighted_rows_kernel` (along the columns).
+pub(crate) const COLUMN_UNITS: usize = 64;
+
+/// One unit per chunk `g` and vector of `W` columns `d` (`D` a multiple of `W`): for every row
+/// `s` of the chunk, `x_w[g, s, d] = x[g, s, d] · w[g, s]` in `x`'s float type, and where
+/// `with_sum`, `sum[g, d] = Σ_s u[g, s] · x[g, s, d]` (f32). Chunks along the grid's y and z
+/// axes. Every tensor contiguous.
+#[cube(launch)]
+pub(crate) fn weighted_rows_kernel<X: Float, W: Size>(
+    x: &Tensor<Vector<X, W>>,         // [G, L, D]
+    w: &Tensor<f32>,                  // [G, L]
+    u: &Tensor<f32>,                  // [G, L], read where `with_sum`
+    x_w: &mut Tensor<Vector<X, W>>,   // [G, L, D]
+    sum: &mut Tensor<Vector<f32, W>>, // [G, D], written where `with_sum`
+    #[comptime] with_sum: bool,
+    #[define(X)] _dtype: StorageType,
+) {
+    let len = x.shape(1);
+    let vectors = x.shape(2) / x.vector_size();
+    let column = CUBE_POS_X as usize * COLUMN_UNITS + UNIT_POS_X as usize;
+    let g = CUBE_POS_Z as usize * CUBE_COUNT_Y as usize + CUBE_POS_Y as usize;
+    if column < vectors && g < x.shape(0) {
+        let mut acc = Vector::<f32, W>::new(0.0);
+        for s in 0..len {
+            let at = (g * len + s) * vectors + column;
+            let value = Vector::<f32, W>::cast_from(x[at]);
+            x_w[at] = Vector::cast_from(value * Vector::new(w[g * len + s]));
+            if comptime!(with_sum) {
+                acc += value * Vector::new(u[g * len + s]);
+            }
+        }
+        if comptime!(with_sum) {
+            sum[g * vectors + column] = acc;
+        }
     }
 }
 
