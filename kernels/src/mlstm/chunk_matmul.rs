@@ -246,43 +246,33 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let log_start = row(log_start.reshape([chunks, len]));
     let stab = row(gates.row_max).max_pair(log_start.clone());
     let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-    let by_matrix = |t: Tensor<B, 3>| t.reshape([b, nh, nc, len, len]);
-    let num = B::mlstm_matmul(by_matrix(gates.p), v.clone(), DType::F32);
-    let num_lo = gates
-        .p_low
-        .map(|low| B::mlstm_matmul(by_matrix(low), v, DType::F32));
+                                                 // P V as one product: [P, rest] [V; V] where P was split.
+    let width = gates.p.dims()[2];
+    let values = if width == len {
+        v
+    } else {
+        Tensor::cat(vec![v.clone(), v], 3)
+    };
+    let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, len, width]), values, DType::F32);
     // The start state's terms with the exact q (the row factor applied to the f32 products).
     let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
     let qn = row(gates.p_sum) + row(gates.qn0) * gain.clone();
     let rows = chunks * len;
     let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);
-    B::mlstm_chunk_combine(
-        flat(num),
-        num_lo.map(flat),
-        flat(qc),
-        row(gain),
-        row(qn),
-        row(stab),
-        dtype,
-    )
-    .reshape([b, nh, nc, len, dv])
+    B::mlstm_chunk_combine(flat(num), flat(qc), row(gain), row(qn), row(stab), dtype)
+        .reshape([b, nh, nc, len, dv])
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].
 pub(crate) fn chunk_combine<B: Backend>(
     num: Tensor<B, 2>,
-    num_lo: Option<Tensor<B, 2>>,
     qc: Tensor<B, 2>,
     g: Tensor<B, 1>,
     qn: Tensor<B, 1>,
     stab: Tensor<B, 1>,
     dtype: DType,
 ) -> Tensor<B, 2> {
-    let num = match num_lo {
-        Some(lo) => num + lo,
-        None => num,
-    };
     let num = num + qc * g.unsqueeze_dim::<2>(1);
     (num / normalizer(qn, stab, EPS).unsqueeze_dim::<2>(1)).cast(dtype)
 }

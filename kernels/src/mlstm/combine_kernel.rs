@@ -4,20 +4,17 @@
 
 use cubecl::prelude::*;
 
-/// One unit per vector of `W` columns of one row of `h [R, DV]`. `num_lo` is a second part of
-/// the numerator, read where `with_lo` (it is `num` again otherwise). Every tensor contiguous.
+/// One unit per vector of `W` columns of one row of `h [R, DV]`. Every tensor contiguous.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_combine_kernel<F: Float, W: Size>(
-    num: &Tensor<Vector<f32, W>>,    // [R, DV], (D∘P) V
-    num_lo: &Tensor<Vector<f32, W>>, // [R, DV], the rest of D∘P times V
-    qc: &Tensor<Vector<f32, W>>,     // [R, DV], q_t C₀
-    g: &Tensor<f32>,                 // [R], e^{m₀ + F_t - stab_t}
-    qn: &Tensor<f32>,                // [R], q_t·n_t (stabilised)
-    stab: &Tensor<f32>,              // [R]
-    h: &mut Tensor<Vector<F, W>>,    // [R, DV]
+    num: &Tensor<Vector<f32, W>>, // [R, DV], (D∘P) V
+    qc: &Tensor<Vector<f32, W>>,  // [R, DV], q_t C₀
+    g: &Tensor<f32>,              // [R], e^{m₀ + F_t - stab_t}
+    qn: &Tensor<f32>,             // [R], q_t·n_t (stabilised)
+    stab: &Tensor<f32>,           // [R]
+    h: &mut Tensor<Vector<F, W>>, // [R, DV]
     eps: f32,
-    #[comptime] with_lo: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let width = h.vector_size();
@@ -26,10 +23,7 @@ pub(crate) fn chunk_combine_kernel<F: Float, W: Size>(
     if pos < h.shape(0) * row_vectors {
         let r = pos / row_vectors;
         let den = qn[r].abs().max((-stab[r]).exp()) + eps;
-        let mut x = num[pos] + Vector::new(g[r]) * qc[pos];
-        if comptime!(with_lo) {
-            x += num_lo[pos];
-        }
+        let x = num[pos] + Vector::new(g[r]) * qc[pos];
         h[pos] = Vector::cast_from(x / Vector::new(den));
     }
 }

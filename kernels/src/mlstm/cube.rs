@@ -490,7 +490,6 @@ where
 
     fn mlstm_chunk_combine(
         num: Tensor<Self, 2>,
-        num_lo: Option<Tensor<Self, 2>>,
         qc: Tensor<Self, 2>,
         g: Tensor<Self, 1>,
         qn: Tensor<Self, 1>,
@@ -499,13 +498,11 @@ where
     ) -> Tensor<Self, 2> {
         let [rows, dv] = num.dims();
         if !supported(dtype) || rows * dv == 0 {
-            return super::chunk_matmul::chunk_combine(num, num_lo, qc, g, qn, stab, dtype);
+            return super::chunk_matmul::chunk_combine(num, qc, g, qn, stab, dtype);
         }
         let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
-        let with_lo = num_lo.is_some();
         let num = f32(num);
-        let num_lo = num_lo.map_or_else(|| num.clone(), f32);
         let h = empty(&num, vec![rows, dv], dtype);
         let client = num.client.clone();
         let width = vector_width(&client, dv, dtype, DType::F32);
@@ -516,14 +513,12 @@ where
             dim,
             width,
             num.into_tensor_arg(),
-            num_lo.into_tensor_arg(),
             f32(qc).into_tensor_arg(),
             f32_row(g).into_tensor_arg(),
             f32_row(qn).into_tensor_arg(),
             f32_row(stab).into_tensor_arg(),
             h.clone().into_tensor_arg(),
             EPS as f32,
-            with_lo,
             dtype.into(),
         );
         wrap(h)
@@ -628,15 +623,8 @@ where
         let q_dtype = q.dtype();
         let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let scores = prim(scores.cast(DType::F32));
-        let p = empty(&scores, vec![chunks, len, len], out);
-        // Without the split the kernel writes no rest: a one-entry stand-in (not `p` again,
-        // which WebGPU refuses as two writable bindings of one buffer).
-        let rest_shape = if split {
-            vec![chunks, len, len]
-        } else {
-            vec![1]
-        };
-        let p_low = empty(&scores, rest_shape, out);
+        let width = if split { 2 * len } else { len };
+        let p = empty(&scores, vec![chunks, len, width], out);
         let row_max = empty(&scores, vec![chunks, len], DType::F32);
         let p_sum = empty(&scores, vec![chunks, len], DType::F32);
         let qn0 = empty(&scores, vec![chunks, len], DType::F32);
@@ -652,7 +640,6 @@ where
             prim(q).into_tensor_arg(),
             f32(n_start).into_tensor_arg(),
             p.clone().into_tensor_arg(),
-            p_low.clone().into_tensor_arg(),
             row_max.clone().into_tensor_arg(),
             p_sum.clone().into_tensor_arg(),
             qn0.clone().into_tensor_arg(),
@@ -663,7 +650,6 @@ where
         );
         GateMatrix {
             p: wrap(p),
-            p_low: split.then(|| wrap(p_low)),
             row_max: wrap(row_max),
             p_sum: wrap(p_sum),
             qn0: wrap(qn0),

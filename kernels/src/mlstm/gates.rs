@@ -16,11 +16,11 @@ use super::MlstmBackend;
 /// What the outputs of the chunks take from their gate matrices.
 #[derive(Debug, Clone)]
 pub struct GateMatrix<B: Backend> {
-    /// `P = (Q Kᵀ)/sqrt(DQK) ∘ A` `[G, L, L]`, rounded to the float type asked for.
+    /// `P = (Q Kᵀ)/sqrt(DQK) ∘ A` `[G, L, L]`, rounded to the float type asked for; where the
+    /// split was asked for `[G, L, 2L]`: the rounded `P`, then `P` minus it, rounded again
+    /// (their sum carries `P` to 2⁻¹⁶ of its rows' sums in bf16 where one rounding does not),
+    /// so that `p [V; V]` is `P V`.
     pub p: Tensor<B, 3>,
-    /// `P` minus its rounded value, rounded again, where the split was asked for: `p + p_low`
-    /// carries `P` to 2⁻¹⁶ of its rows' sums in bf16 where one rounding does not.
-    pub p_low: Option<Tensor<B, 3>>,
     /// `max_{s≤t} log D_ts` `[G, L]`, f32.
     pub row_max: Tensor<B, 2>,
     /// `Σ_s P_ts` `[G, L]` of the unrounded `P`, f32.
@@ -64,10 +64,14 @@ pub(crate) fn gate_matrix<B: MlstmBackend>(
     let p = scores * ((log_d - stab).exp() * scale);
     let p_sum = p.clone().sum_dim(2).squeeze_dim(2);
     let p_high = p.clone().cast(out);
-    let p_low = split.then(|| (p - p_high.clone().cast(DType::F32)).cast(out));
+    let p = if split {
+        let p_low = (p - p_high.clone().cast(DType::F32)).cast(out);
+        Tensor::cat(vec![p_high, p_low], 2)
+    } else {
+        p_high
+    };
     GateMatrix {
-        p: p_high,
-        p_low,
+        p,
         row_max: row_max.squeeze_dim(2),
         p_sum,
         qn0,

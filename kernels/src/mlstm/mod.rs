@@ -149,7 +149,8 @@ pub trait MlstmBackend: Backend {
     /// `scores [G, L, L]` (`q_t·k_s`, f32), the chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and
     /// `ĩ`, f32; padding tokens `0` and `M_EMPTY`), `log_start [G, L]` (`m₀ + F_t`, f32), the
     /// queries `q [G, L, DQK]` (any float type) and the chunk-start `n_start [G, DQK]`:
-    /// `P = scores · A · scale` in `out` (and its rest where `split`), the row maxima of
+    /// `P = scores · A · scale` in `out` (`[G, L, 2L]` with its rest where `split`), the row
+    /// maxima of
     /// `log D`, the row sums of `P` and `q_t·n₀`. The cube backends do it in one pass.
     #[allow(clippy::too_many_arguments)]
     fn mlstm_gate_matrix(
@@ -278,19 +279,18 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The outputs of the chunkwise form from its f32 parts, row by row (eq. 21 with the
-    /// chunk's start state): `h = (num + num_lo + g qc) / (max(|qn|, e^{-stab}) + eps)` with
-    /// `num, num_lo, qc [R, DV]` (`num_lo` may be absent) and `g, qn, stab [R]`, all f32; `h`
+    /// chunk's start state): `h = (num + g qc) / (max(|qn|, e^{-stab}) + eps)` with
+    /// `num, qc [R, DV]` and `g, qn, stab [R]`, all f32; `h`
     /// in `dtype`. The cube backends do it in one pass.
     fn mlstm_chunk_combine(
         num: Tensor<Self, 2>,
-        num_lo: Option<Tensor<Self, 2>>,
         qc: Tensor<Self, 2>,
         g: Tensor<Self, 1>,
         qn: Tensor<Self, 1>,
         stab: Tensor<Self, 1>,
         dtype: DType,
     ) -> Tensor<Self, 2> {
-        chunk_matmul::chunk_combine(num, num_lo, qc, g, qn, stab, dtype)
+        chunk_matmul::chunk_combine(num, qc, g, qn, stab, dtype)
     }
 
     /// Per chunk, the inner products (summed in f32) of `a [G, NC, E]` with `b [G, NC, E]` at
