@@ -1,6 +1,8 @@
 //! [`MlstmBackend`] for burn's cube backends (CUDA, wgpu/Vulkan/Metal): the kernels of
 //! `step_kernel.rs` and `chunk_kernel.rs`, with the tensor-op reference as the fallback.
 
+use std::sync::OnceLock;
+
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -196,10 +198,21 @@ fn tensor_core_chunks<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEl
     let [_, _, s, dqk] = x.q.dims();
     let dv = x.v.dims()[3];
     let client = x.q.clone().into_primitive().tensor().client;
+    let dtype = x.q.dtype();
+    let forced = half_schedule_forced() && matches!(dtype, DType::BF16 | DType::F16);
     s > 0
         && chunk_size > 0
         && chunk_size.min(s).min(dqk).min(dv) >= TENSOR_CORE_TILE
-        && tensor_cores(&client, x.q.dtype())
+        && (tensor_cores(&client, dtype) || forced)
+}
+
+/// Whether `XLSTM_MLSTM_HALF_SCHEDULE=1` asks for the tensor-core schedule, with its half-type
+/// work, on half-type inputs where the device has no tensor cores (its products then run in
+/// f32 from the half-type operands): the tests run that schedule's half-type path on any device
+/// this way (CI's lavapipe, in f16), where it would otherwise run on CUDA only.
+fn half_schedule_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("XLSTM_MLSTM_HALF_SCHEDULE").is_ok_and(|v| v == "1"))
 }
 
 /// Whether `dtype` is a half type that the device multiplies on tensor cores (`cmma`; CUDA
