@@ -82,7 +82,8 @@ fn row_sum(tile: &SharedMemory<f32>, t: usize, count: usize, #[comptime] l: usiz
     sum
 }
 
-/// One cube of `L` units per chunk; every tensor contiguous.
+/// One cube of `L` units per chunk; every tensor contiguous but `q` (row-major, its rows
+/// possibly padded).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
@@ -90,7 +91,7 @@ pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
     log_f: &Tensor<f32>,       // [G, L]
     log_i: &Tensor<f32>,       // [G, L]
     log_start: &Tensor<f32>,   // [G, L], m₀ + F_t
-    q: &Tensor<Q>,             // [G, L, DQK]
+    q: &Tensor<Q>,             // [G, L, DQK], rows possibly padded
     n_start: &Tensor<f32>,     // [G, DQK]
     p: &mut Tensor<W>,         // [G, L, L], or [G, L, 2L] (P, then its rest) where `split`
     row_max: &mut Tensor<f32>, // [G, L]
@@ -150,11 +151,12 @@ pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
     if valid {
         let s = unit;
         let dqk = n_start.shape(1);
+        let q_row = q.stride(1);
         for t in 0..l {
             let mut part = 0.0f32;
             let mut a = s;
             while a < dqk {
-                part += f32::cast_from(q[(g * l + t) * dqk + a]) * n_start[g * dqk + a];
+                part += f32::cast_from(q[(g * l + t) * q_row + a]) * n_start[g * dqk + a];
                 a += l;
             }
             tile[t * (l + 1) + s] = part;

@@ -18,7 +18,8 @@ pub(crate) const ROW_UNITS: usize = 32;
 pub(crate) const ROWS_PER_CUBE: usize = 8;
 
 /// `ROW_UNITS` units per row of `dh, h [R, DV]` (`DV` a multiple of `W`), `ROWS_PER_CUBE` rows
-/// per cube; each unit strides over its row's vectors. Every tensor contiguous.
+/// per cube; each unit strides over its row's vectors. `dh` and `h` are row-major with rows
+/// possibly padded (their row strides multiples of `W`); the outputs contiguous.
 #[cube(launch)]
 pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
     dh: &Tensor<Vector<F, W>>,       // [R, DV]
@@ -38,10 +39,12 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
     if row < rows {
         let scale = Vector::<f32, W>::new(1.0 / den[row]);
         let base = row * vectors;
+        let dh_base = row * (dh.stride(0) / width);
+        let h_base = row * (h.stride(0) / width);
         let mut e = lane;
         while e < vectors {
-            let g = Vector::<f32, W>::cast_from(dh[base + e]);
-            sum += g * Vector::cast_from(h[base + e]);
+            let g = Vector::<f32, W>::cast_from(dh[dh_base + e]);
+            sum += g * Vector::cast_from(h[h_base + e]);
             dnum[base + e] = Vector::cast_from(g * scale);
             e += ROW_UNITS;
         }
@@ -55,7 +58,9 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
 
 /// The backward's last step for `dq` and `dk`, per row `r` of `[R, D]` (`D` a multiple of `W`)
 /// in chunk `r / len`: `u = b[r] + s[r] c[r / len]`, `out[r] = (a[r] + t[r] u) · scale` in
-/// `out`'s float type and `dot[r] = x[r]·u` (f32). Same grid as [`backward_rows_kernel`].
+/// `out`'s float type and `dot[r] = x[r]·u` (f32). Same grid as [`backward_rows_kernel`]. `x` is
+/// row-major with rows possibly padded (its row stride a multiple of `W`); the other tensors
+/// contiguous.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
@@ -84,10 +89,11 @@ pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
         let factor = Vector::<f32, W>::new(scale);
         let base = row * vectors;
         let chunk_base = (row / len) * vectors;
+        let x_base = row * (x.stride(0) / width);
         let mut e = lane;
         while e < vectors {
             let u = b[base + e] + s_r * c[chunk_base + e];
-            sum += Vector::<f32, W>::cast_from(x[base + e]) * u;
+            sum += Vector::<f32, W>::cast_from(x[x_base + e]) * u;
             out[base + e] = Vector::cast_from((a[base + e] + t_r * u) * factor);
             e += ROW_UNITS;
         }
@@ -120,7 +126,8 @@ pub(crate) const COLUMN_UNITS: usize = 64;
 /// One unit per chunk `g` and vector of `W` columns `d` (`D` a multiple of `W`): for every row
 /// `s` of the chunk, `x_w[g, s, d] = x[g, s, d] · w[g, s]` in `x`'s float type, and where
 /// `with_sum`, `sum[g, d] = Σ_s u[g, s] · x[g, s, d]` (f32). Chunks along the grid's y and z
-/// axes. Every tensor contiguous.
+/// axes. `x` is row-major with rows possibly padded (its row stride a multiple of `W`); the
+/// other tensors contiguous.
 #[cube(launch)]
 pub(crate) fn weighted_rows_kernel<X: Float, W: Size>(
     x: &Tensor<Vector<X, W>>,         // [G, L, D]
@@ -133,13 +140,14 @@ pub(crate) fn weighted_rows_kernel<X: Float, W: Size>(
 ) {
     let len = x.shape(1);
     let vectors = x.shape(2) / x.vector_size();
+    let x_row = x.stride(1) / x.vector_size();
     let column = CUBE_POS_X as usize * COLUMN_UNITS + UNIT_POS_X as usize;
     let g = CUBE_POS_Z as usize * CUBE_COUNT_Y as usize + CUBE_POS_Y as usize;
     if column < vectors && g < x.shape(0) {
         let mut acc = Vector::<f32, W>::new(0.0);
         for s in 0..len {
             let at = (g * len + s) * vectors + column;
-            let value = Vector::<f32, W>::cast_from(x[at]);
+            let value = Vector::<f32, W>::cast_from(x[(g * len + s) * x_row + column]);
             x_w[at] = Vector::cast_from(value * Vector::new(w[g * len + s]));
             if comptime!(with_sum) {
                 acc += value * Vector::new(u[g * len + s]);
