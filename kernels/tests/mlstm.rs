@@ -836,6 +836,39 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
             });
         }
+        // Leading dims merged (a view of row-padded tensors on the cube backends) or split,
+        // of fresh tensors and of a narrowed view (copied), against burn's reshape.
+        for &([b, nh, s, d], narrowed) in &[
+            ([2, 3, 8, 24], false),
+            ([1, 2, 6, 192], true),
+            ([3, 1, 4, 5], false),
+        ] {
+            let data = round_bf16(&r.uniform(b * nh * s * d, -2.0, 2.0));
+            keep_going(&mut failures, || {
+                let on = |t: Tensor<B, 4>| if is_half { t.cast(dtype) } else { t };
+                let t = on(tensor::<B, 4>(&data, [b, nh, s, d], dev));
+                let (t, s) = if narrowed {
+                    (t.narrow(2, 1, s - 2), s - 2)
+                } else {
+                    (t, s)
+                };
+                let merged = B::mlstm_rows(t.clone(), [b * nh * s, d]);
+                let what = format!("rows {dtype:?} [{b}, {nh}, {s}, {d}] narrowed {narrowed}");
+                check(
+                    &format!("{what} merged"),
+                    values(merged),
+                    values(t.clone().reshape([b * nh * s, d])),
+                    0.0,
+                );
+                let split = B::mlstm_rows(t.clone(), [b, nh, s / 2, 2, d]);
+                check(
+                    &format!("{what} split"),
+                    values(split),
+                    values(t.reshape([b, nh, s / 2, 2, d])),
+                    0.0,
+                );
+            });
+        }
         // Rows of every chunk times a weight, with and without their weighted sum.
         for &(g, len, d) in &[(1, 1, 1), (3, 5, 6), (2, 64, 256), (1, 7, 1001), (70, 2, 8)] {
             let x = round_bf16(&r.uniform(g * len * d, -2.0, 2.0));

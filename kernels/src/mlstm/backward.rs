@@ -153,7 +153,7 @@ fn group_backward<B: MlstmBackend>(
                                 // w_s k_s / sqrt(DQK), and where the states are recomputed Σ_s w_s k_s / sqrt(DQK) for n.
     let w_keys = (w.clone() * scale).reshape([b * nh * nc, len]);
     let (k_w, k_sum) = B::mlstm_weighted_rows(
-        k.clone().reshape([b * nh * nc, len, dqk]),
+        B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
         w_keys.clone(),
         states.is_none().then_some(w_keys),
     );
@@ -188,7 +188,7 @@ fn group_backward<B: MlstmBackend>(
         by_chunk_row(log_f.clone()),
         by_chunk_row(log_i.clone()),
         by_chunk_row(log_start.clone()),
-        q.clone().reshape([chunk_count, len, dqk]),
+        B::mlstm_rows(q.clone(), [chunk_count, len, dqk]),
         n_start.clone().reshape([chunk_count, dqk]),
         scale,
         work,
@@ -210,7 +210,7 @@ fn group_backward<B: MlstmBackend>(
     let token_rows = b * nh * nc * len;
     let by_row = |t: Tensor<B, 4>| {
         let dtype = t.dtype();
-        chunks(t, len, dtype).reshape([token_rows, dv])
+        B::mlstm_rows(chunks(t, len, dtype), [token_rows, dv])
     };
     let den_rows = den.clone().reshape([token_rows]);
     let (dnum_w, dot) = B::mlstm_backward_rows(by_row(dh), by_row(h), den_rows, work);
@@ -238,7 +238,7 @@ fn group_backward<B: MlstmBackend>(
     // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
     let by_token = |t: Tensor<B, 5>| {
         let d = t.dims()[4];
-        t.reshape([token_rows, d])
+        B::mlstm_rows(t, [token_rows, d])
     };
     let by_token_row = |t: Tensor<B, 5>| t.reshape([token_rows]);
     let by_chunk = |t: Tensor<B, 4>| {
@@ -266,7 +266,7 @@ fn group_backward<B: MlstmBackend>(
     let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), DType::F32);
     // g∘q and dn₀'s term Σ_t g_t dqn_t q_t in one pass over q.
     let (gq, dn_intra) = B::mlstm_weighted_rows(
-        q.reshape([chunk_count, len, dqk]),
+        B::mlstm_rows(q, [chunk_count, len, dqk]),
         from_rows(g.clone()),
         Some(from_rows(g.clone() * dqn.clone())),
     );

@@ -106,7 +106,7 @@ fn group_forward<B: MlstmBackend>(
     let w = ((log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale)
         .reshape([b * nh * nc, len]);
     let (k_w, k_sum) = B::mlstm_weighted_rows(
-        k.clone().reshape([b * nh * nc, len, dqk]),
+        B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
         w.clone(),
         Some(w),
     );
@@ -236,7 +236,7 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
         by_chunk(log_f),
         by_chunk(log_i),
         by_chunk(log_start.clone()),
-        q.clone().reshape([chunks, len, dqk]),
+        B::mlstm_rows(q.clone(), [chunks, len, dqk]),
         n_start.reshape([chunks, dqk]),
         key_scale,
         dtype,

@@ -9,6 +9,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
+use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
@@ -108,6 +109,38 @@ fn rows_prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, co
     t: Tensor<Cube<R, F, I, BT>, D>,
 ) -> CubeTensor<R> {
     into_contiguous_aligned(t.into_primitive().tensor())
+}
+
+/// `t` viewed as `shape` (the leading dims merged or split, the last kept) where `t` is
+/// row-major with padded rows, i.e. its strides those of a contiguous tensor whose rows are
+/// `strides[rank - 2]` long; `None` otherwise (a narrowed or permuted view).
+fn padded_rows_view<R: CubeRuntime>(t: &CubeTensor<R>, shape: &[usize]) -> Option<CubeTensor<R>> {
+    let (dims, strides) = (t.meta.shape(), t.meta.strides());
+    let (rank, new_rank) = (dims.num_dims(), shape.len());
+    if rank < 2
+        || new_rank < 2
+        || dims[rank - 1] != shape[new_rank - 1]
+        || strides[rank - 1] != 1
+        || dims.num_elements() != shape.iter().product::<usize>()
+    {
+        return None;
+    }
+    let pitch = strides[rank - 2];
+    let mut outer = pitch;
+    for d in (0..rank - 2).rev() {
+        outer *= dims[d + 1];
+        if strides[d] != outer {
+            return None;
+        }
+    }
+    let mut new_strides = vec![1; new_rank];
+    new_strides[new_rank - 2] = pitch;
+    for d in (0..new_rank - 2).rev() {
+        new_strides[d] = new_strides[d + 1] * shape[d + 1];
+    }
+    let mut view = t.clone();
+    *view.meta = Metadata::new(shape.to_vec(), new_strides);
+    Some(view)
 }
 
 /// The row stride (in entries) of a row-major tensor.
@@ -736,6 +769,17 @@ where
             out.into(),
         );
         (wrap(ds), wrap(rows), wrap(cols))
+    }
+
+    fn mlstm_rows<const D: usize, const E: usize>(
+        t: Tensor<Self, D>,
+        shape: [usize; E],
+    ) -> Tensor<Self, E> {
+        let primitive = t.clone().into_primitive().tensor();
+        match padded_rows_view(&primitive, &shape) {
+            Some(view) => wrap(view),
+            None => t.reshape(shape),
+        }
     }
 
     fn mlstm_weighted_rows(

@@ -190,6 +190,17 @@ pub trait MlstmBackend: Backend {
         gates::gate_grads(scores, dpv, log_f, log_i, stab, dqn, dstab, scale, out)
     }
 
+    /// `t [.., D]` with its leading dims merged or split into `shape` (`D` last), as `reshape`,
+    /// for the row kernels' operands: where `t` is row-major with padded rows (burn's default
+    /// layout on CUDA pads, e.g., rows of 192 bf16 entries to 256), the cube backends give a
+    /// view with the padded row stride, which those kernels read, where burn's reshape copies.
+    fn mlstm_rows<const D: usize, const E: usize>(
+        t: Tensor<Self, D>,
+        shape: [usize; E],
+    ) -> Tensor<Self, E> {
+        t.reshape(shape)
+    }
+
     /// The rows of every chunk times a weight per row: `x_w = x ⊙ w` in `x`'s float type
     /// (`x [G, L, D]` of any float type, `w [G, L]` f32) and, where `u [G, L]` is given, the
     /// weighted sum of the rows `Σ_s u_s x_s` `[G, D]` in f32. The cube backends do it in one
