@@ -124,15 +124,15 @@ pub(crate) fn sum_rows_kernel<O: Float, W: Size>(
 pub(crate) const COLUMN_UNITS: usize = 64;
 
 /// One unit per chunk `g` and vector of `W` columns `d` (`D` a multiple of `W`): for every row
-/// `s` of the chunk, `x_w[g, s, d] = x[g, s, d] · w[g, s]` in `x`'s float type, and where
-/// `with_sum`, `sum[g, d] = Σ_s u[g, s] · x[g, s, d]` (f32). Chunks along the grid's y and z
-/// axes. `x` is row-major with rows possibly padded (its row stride a multiple of `W`); the
+/// `s` of the chunk, `x_w[g, s, d] = x[g, s, d] · weight[g, s]` in `x`'s float type, and where
+/// `with_sum`, `sum[g, d] = Σ_s sum_weight[g, s] · x[g, s, d]` (f32). Chunks along the grid's y
+/// and z axes. `x` is row-major with rows possibly padded (its row stride a multiple of `W`); the
 /// other tensors contiguous.
 #[cube(launch)]
 pub(crate) fn weighted_rows_kernel<X: Float, W: Size>(
     x: &Tensor<Vector<X, W>>,         // [G, L, D]
-    w: &Tensor<f32>,                  // [G, L]
-    u: &Tensor<f32>,                  // [G, L], read where `with_sum`
+    weight: &Tensor<f32>,             // [G, L]
+    sum_weight: &Tensor<f32>,         // [G, L], read where `with_sum`
     x_w: &mut Tensor<Vector<X, W>>,   // [G, L, D]
     sum: &mut Tensor<Vector<f32, W>>, // [G, D], written where `with_sum`
     #[comptime] with_sum: bool,
@@ -148,9 +148,9 @@ pub(crate) fn weighted_rows_kernel<X: Float, W: Size>(
         for s in 0..len {
             let at = (g * len + s) * vectors + column;
             let value = Vector::<f32, W>::cast_from(x[(g * len + s) * x_row + column]);
-            x_w[at] = Vector::cast_from(value * Vector::new(w[g * len + s]));
+            x_w[at] = Vector::cast_from(value * Vector::new(weight[g * len + s]));
             if comptime!(with_sum) {
-                acc += value * Vector::new(u[g * len + s]);
+                acc += value * Vector::new(sum_weight[g * len + s]);
             }
         }
         if comptime!(with_sum) {
