@@ -3,16 +3,18 @@
 //! ([`MlstmBackend::mlstm_stabiliser_scan`]), the chunk-boundary states
 //! ([`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` per chunk, then the linear scan
 //! [`MlstmBackend::mlstm_chunk_scan`]) and the outputs of every chunk from its start state
-//! ([`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ`, `(D∘P) V`, `Q C₀`, then
+//! ([`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ`, the gate matrix
+//! [`MlstmBackend::mlstm_gate_matrix`], `(D∘P) V`, `Q C₀`, then
 //! [`MlstmBackend::mlstm_chunk_combine`]). Their defaults here run the products through
 //! [`MlstmBackend::mlstm_matmul`] on operands of the inputs' float type (on CUDA, bf16 and f16
 //! go to tensor cores) with f32 results, except `Kᵀ V`, which feeds the chunk-boundary states
 //! in the inputs' type. The gates are f32.
 //!
-//! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there), with the gate
-//! sums within a chunk as differences of the chunk-local sums `F_t` (as the fused f32 kernels
-//! form them); the chunk-boundary states are kept in the inputs' float type between the scan
-//! and the output products, as TFLA keeps them, and the final state is f32 throughout.
+//! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there): the gate matrix
+//! sums `log f` over its ranges as `segment_sums` does, the state weights `ĩ_s + F_L − F_s` are
+//! differences of the chunk-local sums `F_t` (as the fused f32 kernels form them); the
+//! chunk-boundary states are kept in the inputs' float type between the scan and the output
+//! products, as TFLA keeps them, and the final state is f32 throughout.
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
