@@ -150,7 +150,8 @@ fn group_backward<B: MlstmBackend>(
     let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-                                // w_s k_s / sqrt(DQK), and where the states are recomputed Σ_s w_s k_s / sqrt(DQK) for n.
+
+    // w_s k_s / sqrt(DQK), and where the states are recomputed Σ_s w_s k_s / sqrt(DQK) for n.
     let w_keys = (w.clone() * scale).reshape([b * nh * nc, len]);
     let (k_w, k_sum) = B::mlstm_weighted_rows(
         B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
