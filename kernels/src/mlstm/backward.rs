@@ -355,7 +355,6 @@ fn group_backward<B: MlstmBackend>(
     let rows = rows.reshape([b, nh, nc, len]);
     let cols = cols.reshape([b, nh, nc, len]);
     let di = cols.clone() + dlog_w.clone();
-    let reverse_cumsum = |t: Tensor<B, 4>| t.flip([3]).cumsum(3).flip([3]);
     let dlog_f = reverse_cumsum(rows - cols + dlog_start)
         + (dlog_w.clone().cumsum(3) - dlog_w)
         + d_dec.unsqueeze_dim::<4>(3);
@@ -392,15 +391,19 @@ fn group_backward<B: MlstmBackend>(
     )
 }
 
-/// `Σ_{u>s} log f_u` within each chunk `[B, NH, NC, L]` (a reverse cumulative sum).
+/// `Σ_{u≥s} t_u` within each chunk `[B, NH, NC, L]`.
+fn reverse_cumsum<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    t.flip([3]).cumsum(3).flip([3])
+}
+
+/// `Σ_{u>s} log f_u` within each chunk `[B, NH, NC, L]`.
 fn sums_after<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, nh, nc, len] = log_f.dims();
     let zero = Tensor::<B, 4>::zeros([b, nh, nc, 1], &log_f.device());
     if len == 1 {
         return zero;
     }
-    let later = Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3); // log f_{s+1}
-    later.flip([3]).cumsum(3).flip([3])
+    reverse_cumsum(Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3)) // of log f_{s+1}
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_weighted_rows`].

@@ -226,12 +226,18 @@ fn gate_kernels_take<R: CubeRuntime>(
         && shared <= client.properties().hardware.max_shared_memory_size
 }
 
-/// The grid of the gate kernels: one cube of `len` units per chunk (two grid axes where the
-/// chunks outnumber one).
-fn chunk_grid(chunks: usize, len: usize) -> (CubeCount, CubeDim) {
+/// `chunks` over two grid axes, as many as one axis takes along the first (the kernels number
+/// a chunk `second · count_first + first`).
+fn chunk_axes(chunks: usize) -> [u32; 2] {
     let across = chunks.min(MAX_CUBES);
+    [across as u32, chunks.div_ceil(across) as u32]
+}
+
+/// The grid of the gate kernels: one cube of `len` units per chunk.
+fn chunk_grid(chunks: usize, len: usize) -> (CubeCount, CubeDim) {
+    let [first, second] = chunk_axes(chunks);
     (
-        CubeCount::Static(across as u32, chunks.div_ceil(across) as u32, 1),
+        CubeCount::Static(first, second, 1),
         CubeDim::new_1d(len as u32),
     )
 }
@@ -806,12 +812,8 @@ where
         );
         let client = x.client.clone();
         let width = vector_width(&client, gcd(d, row_stride(&x)), dtype, DType::F32);
-        let across = chunks.min(MAX_CUBES);
-        let count = CubeCount::Static(
-            (d / width).div_ceil(COLUMN_UNITS) as u32,
-            across as u32,
-            chunks.div_ceil(across) as u32,
-        );
+        let [first, second] = chunk_axes(chunks);
+        let count = CubeCount::Static((d / width).div_ceil(COLUMN_UNITS) as u32, first, second);
         weighted_rows_kernel::launch::<R>(
             &client,
             count,
