@@ -8,9 +8,10 @@
 //! and 0.57 ms. burn's autotune itself is off in this workspace (`autotune` feature): it times
 //! ~20 candidates for every matmul of every new shape, minutes at these sizes.
 //!
-//! So the first large product of each shape times the few [`TILINGS`] once (each launched and
-//! synced, then timed as the fastest of [`TIMED_RUNS`] runs: one run chose differently from
-//! process to process at B32 NH4 S2048 D192) and keeps the fastest for that shape; small products take
+//! So the first large product of each shape times the few [`TILINGS`] once (each launched
+//! once, then timed round-robin as the fastest of [`TIMED_RUNS`] synced runs: one run each, or
+//! one tiling after another, chose differently from process to process at B32 NH4 S2048 D192,
+//! while the clocks ramp up from idle) and keeps the fastest for that shape; small products take
 //! the first tiling that launches. A tiling a device lacks (TMA needs Hopper or later) fails to
 //! launch and is skipped; burn's default is last, so every device runs the products.
 
@@ -125,29 +126,35 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
         }
     }
     let timed = batch * m * n * k >= TIMED_WORK;
-    let mut best: Option<(Tiling, f64)> = None;
+    // Every tiling that launches (this compiles it); small products keep the first.
+    let mut launched = vec![];
     for tiling in TILINGS {
-        // Launched once (this compiles it), then, for large products, timed.
-        if !launch(tiling, lhs, rhs, product) {
-            continue;
-        }
-        if !timed {
-            best = Some((tiling, 0.0));
-            break;
-        }
-        let mut seconds = f64::INFINITY;
-        for _ in 0..TIMED_RUNS {
-            let _ = block_on(lhs.client.sync());
-            let start = Instant::now();
-            launch(tiling, lhs, rhs, product);
-            let _ = block_on(lhs.client.sync());
-            seconds = seconds.min(start.elapsed().as_secs_f64());
-        }
-        if best.is_none_or(|(_, fastest)| seconds < fastest) {
-            best = Some((tiling, seconds));
+        if launch(tiling, lhs, rhs, product) {
+            launched.push(tiling);
+            if !timed {
+                break;
+            }
         }
     }
-    let Some((tiling, _)) = best else {
+    // Timed round-robin, the fastest run of each counting: the clocks ramp up from idle
+    // during the first runs, which timing one tiling after another charged to the first ones.
+    let mut fastest = vec![f64::INFINITY; launched.len()];
+    if timed {
+        for _ in 0..TIMED_RUNS {
+            for (tiling, best) in launched.iter().zip(&mut fastest) {
+                let _ = block_on(lhs.client.sync());
+                let start = Instant::now();
+                launch(*tiling, lhs, rhs, product);
+                let _ = block_on(lhs.client.sync());
+                *best = best.min(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let best = launched
+        .iter()
+        .zip(&fastest)
+        .min_by(|a, b| a.1.total_cmp(b.1));
+    let Some((&tiling, _)) = best else {
         return false;
     };
     CHOSEN
@@ -155,8 +162,8 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
         .expect("tiling table")
         .get_or_insert_with(HashMap::new)
         .insert(key, tiling);
-    // The product of the last timed tiling is in `product`; the chosen one writes it again.
-    !timed || launch(tiling, lhs, rhs, product)
+    // The product of the last tiling run is in `product`; the chosen one writes it again.
+    launched.len() == 1 || launch(tiling, lhs, rhs, product)
 }
 
 /// `lhs [.., m, k] @ rhs [.., k, n]` of f32 operands in exact f32 arithmetic, written into
