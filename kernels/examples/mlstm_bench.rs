@@ -7,7 +7,7 @@
 //! indices; all by default); `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference,
 //! which with burn's autotuning spends minutes tuning its many shapes; `MLSTM_BENCH_PRODUCTS=1`
 //! also times the chunkwise schedule's batched products alone at the first shape, per operand
-//! layout).
+//! layout; `MLSTM_BENCH_CHUNK=128` sets the chunk size, 64 by default).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -72,7 +72,7 @@ fn run<B: MlstmBackend>(
 ) where
     Autodiff<B>: MlstmBackend,
 {
-    let chunk = 64;
+    let chunk = chunk_size();
     let shapes: [([usize; 5], &str, &str); 2] = if quick {
         [
             ([1, 2, 256, 64, 128], "B1 NH2 S256 DQK64 DV128", "-"),
@@ -340,6 +340,14 @@ fn listed(var: &str, item: &str) -> bool {
         Ok(list) => list.split(',').any(|entry| entry.trim() == item),
         Err(_) => true,
     }
+}
+
+/// The chunk size of the chunkwise runs: `MLSTM_BENCH_CHUNK`, 64 by default.
+fn chunk_size() -> usize {
+    std::env::var("MLSTM_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 fn shape_wanted(index: usize) -> bool {

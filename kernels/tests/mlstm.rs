@@ -92,6 +92,18 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// `v` rounded to `dtype` (bf16 or f16; f32 as it is).
+fn round_to(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::BF16 => round_bf16(v),
+        DType::F16 => v
+            .iter()
+            .map(|x| burn::tensor::f16::from_f32(*x).to_f32())
+            .collect(),
+        _ => v.to_vec(),
+    }
+}
+
 /// Host data of one problem: inputs and an initial state.
 struct Problem {
     dims: [usize; 5],
@@ -755,27 +767,40 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 d: &C::Device,
                 [num, qc, g, qn, stab]: [&[f32]; 5],
                 [rows, dv]: [usize; 2],
-                dtype: DType,
+                [sums, dtype]: [DType; 2],
             ) -> Vec<f64> {
-                let wide = |v: &[f32]| tensor::<C, 2>(v, [rows, dv], d);
+                let wide = |v: &[f32]| tensor::<C, 2>(v, [rows, dv], d).cast(sums);
                 let row = |v: &[f32]| tensor::<C, 1>(v, [rows], d);
                 let h =
                     C::mlstm_chunk_combine(wide(num), wide(qc), row(g), row(qn), row(stab), dtype);
                 assert_eq!(h.dtype(), dtype, "combine: output float type");
                 values(h)
             }
-            let parts = [&num[..], &qc, &g, &qn, &stab];
-            keep_going(&mut failures, || {
-                let got = combine::<B>(dev, parts, [rows, dv], dtype);
-                let want = combine::<Ref>(&Default::default(), parts, [rows, dv], DType::F32);
-                let bound = if is_half { 5e-3 } else { 1e-6 };
-                check(
-                    &format!("combine {dtype:?} [{rows}, {dv}]"),
-                    got,
-                    want,
-                    bound,
-                );
-            });
+            // The sums in f32, and in the half type (rounded: the reference reads the same
+            // rounded values).
+            let (num_half, qc_half) = (round_to(&num, dtype), round_to(&qc, dtype));
+            let cases = [
+                (DType::F32, [&num[..], &qc, &g, &qn, &stab]),
+                (dtype, [&num_half[..], &qc_half, &g, &qn, &stab]),
+            ];
+            for (sums, parts) in cases {
+                keep_going(&mut failures, || {
+                    let got = combine::<B>(dev, parts, [rows, dv], [sums, dtype]);
+                    let want = combine::<Ref>(
+                        &Default::default(),
+                        parts,
+                        [rows, dv],
+                        [DType::F32, DType::F32],
+                    );
+                    let bound = if is_half { 5e-3 } else { 1e-6 };
+                    check(
+                        &format!("combine {dtype:?} sums {sums:?} [{rows}, {dv}]"),
+                        got,
+                        want,
+                        bound,
+                    );
+                });
+            }
         }
         for &(g, nc, e) in &[(1, 1, 1), (2, 3, 5), (3, 1, 12), (1, 5, 1000), (2, 4, 4100)] {
             let a = round_bf16(&r.uniform(g * nc * e, -1.0, 1.0));
@@ -981,9 +1006,83 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("{what} dot"), dot, want_dot, 1e-5);
             });
         }
-        // The gate matrix of every chunk and the backward through it: chunks of 1–65 tokens
-        // (65: past the kernels, the tensor-op form on every backend), the last chunk ending in
-        // padding tokens (log f = 0, ĩ = M_EMPTY).
+        // The gates of every chunk: lengths that end in padding, chunks of 1 and of the whole
+        // sequence, pre-activations far out (log σ(f̃) of -1e3 and 40), in the half type too,
+        // and read through strides (a transposed and a narrowed view).
+        for &(b, nh, s, len) in &[
+            (1, 1, 1, 1),
+            (2, 3, 7, 4),
+            (1, 2, 65, 64),
+            (2, 1, 130, 64),
+            (1, 1, 100, 128),
+            (3, 2, 33, 33),
+        ] {
+            let n = b * nh * s;
+            let i_pre = round_to(&r.uniform(n, -4.0, 3.0), dtype);
+            let mut f_pre = round_to(&r.uniform(n, -8.0, 8.0), dtype);
+            f_pre[0] = -1e3;
+            f_pre[n - 1] = 40.0;
+            let what = format!("chunk gates {dtype:?} [{b}, {nh}, {s}] chunk {len}");
+            fn gates<C: MlstmBackend>(
+                d: &C::Device,
+                [i, f]: [&[f32]; 2],
+                [b, nh, s, len]: [usize; 4],
+                dtype: DType,
+                strided: bool,
+            ) -> [Vec<f64>; 4] {
+                let gate = |v: &[f32]| {
+                    let t = tensor::<C, 3>(v, [b, nh, s], d).cast(dtype);
+                    if strided {
+                        // The same values stored as [B, S, NH] and read through a transposed
+                        // view, and as the second half of a wider tensor.
+                        let mut stored = vec![0.0; v.len()];
+                        for (at, x) in v.iter().enumerate() {
+                            let (bh, t) = (at / s, at % s);
+                            stored[((bh / nh) * s + t) * nh + bh % nh] = *x;
+                        }
+                        let view = tensor::<C, 3>(&stored, [b, s, nh], d)
+                            .cast(dtype)
+                            .swap_dims(1, 2);
+                        let wide = Tensor::cat(vec![t.clone(), t], 2);
+                        (view, wide.narrow(2, s, s))
+                    } else {
+                        (t.clone(), t)
+                    }
+                };
+                let (i_pre, _) = gate(i);
+                let (_, f_pre) = gate(f);
+                let g = C::mlstm_chunk_gates(i_pre, f_pre, len);
+                let nc = s.div_ceil(len);
+                for t in [&g.log_i, &g.log_f, &g.f_cum, &g.log_w] {
+                    assert_eq!(t.dims(), [b, nh, nc, len], "chunk gates: shape");
+                    assert_eq!(t.dtype(), DType::F32, "chunk gates: f32");
+                }
+                [g.log_i, g.log_f, g.f_cum, g.log_w].map(values)
+            }
+            for strided in [false, true] {
+                keep_going(&mut failures, || {
+                    let dims = [b, nh, s, len];
+                    let got = gates::<B>(dev, [&i_pre, &f_pre], dims, dtype, strided);
+                    let rd = Default::default();
+                    let want = gates::<Ref>(&rd, [&i_pre, &f_pre], dims, DType::F32, false);
+                    let names = ["log i", "log f", "F", "log w"];
+                    for ((name, got), want) in names.iter().zip(got).zip(want) {
+                        // Padding tokens carry M_EMPTY in log i and log w: exactly there on
+                        // both sides, and compared apart from the rest.
+                        let pad = |x: &f64| *x < -1e29;
+                        let pads = |v: &[f64]| v.iter().map(pad).collect::<Vec<_>>();
+                        assert_eq!(pads(&got), pads(&want), "{what} {name}: padding");
+                        let real = |v: &[f64]| v.iter().copied().filter(|x| !pad(x)).collect();
+                        let what = format!("{what} {name} strided {strided}");
+                        check(&what, real(&got), real(&want), 1e-5);
+                    }
+                });
+            }
+        }
+        // The gate matrix of every chunk and the backward through it: chunks of 1–129 tokens
+        // (128 where the device's shared memory takes its tile, CUDA; 129: past the kernels, the
+        // tensor-op form on every backend), the last chunk ending in padding tokens (log f = 0,
+        // ĩ = M_EMPTY).
         for &(g, len, dqk) in &[
             (1, 1, 1),
             (2, 5, 13),
@@ -991,6 +1090,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             (1, 33, 48),
             (2, 64, 256),
             (1, 65, 16),
+            (2, 128, 192),
+            (1, 129, 16),
         ] {
             let scores = r.uniform(g * len * len, -3.0, 3.0);
             let q = round_bf16(&r.uniform(g * len * dqk, -1.0, 1.0));

@@ -34,10 +34,9 @@
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
-use xlstm_gating::log_forget_gate;
 
 use super::chunk_matmul::{boundary_states, scan_chunks};
-use super::chunked::{batch_groups, chunks, Chunked};
+use super::chunked::{batch_groups, chunks, reverse_cumsum, ChunkGates, Chunked};
 use super::gates::one_hot;
 use super::{ChunkStates, MlstmBackend};
 
@@ -121,20 +120,21 @@ fn group_backward<B: MlstmBackend>(
         q, // [B, NH, NC, L, DQK]
         k,
         v,     // [B, NH, NC, L, DV]
-        log_i, // [B, NH, NC, L]
-        f_pre,
+        gates, // [B, NH, NC, L] each
     } = Chunked::new(x, len, work);
     // The keys stay unscaled, as the forward multiplies them: the key scale 1/sqrt(DQK) enters
     // the f32 products and the state weights, so that a half work type does not round
     // k/sqrt(DQK) (it is not a power of two for DQK 24 or 32: the rounded scores flipped the
     // normaliser's max(|q·n|, e^{-m}) at a near tie and with it the gradient).
-    let log_f = log_forget_gate(f_pre.clone());
-    let f_cum = log_f.clone().cumsum(3); // F_t
+    let ChunkGates {
+        log_i,
+        log_f,
+        f_cum, // F_t
+        log_w, // ĩ_s + Σ_{u>s} log f_u: the chunk-boundary states' weights
+    } = gates;
     let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
 
-    // The chunk-boundary states' weights (the states themselves are the forward's where it kept
-    // them, else recomputed): log w_s = ĩ_s + Σ_{u>s} log f_u.
-    let log_w = log_i.clone() + sums_after(log_f.clone());
+    // (The states themselves are the forward's where it kept them, else recomputed.)
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
     let m_loc = m_loc.reshape([b, nh, nc]);
     // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
@@ -358,18 +358,15 @@ fn group_backward<B: MlstmBackend>(
     let dlog_f = reverse_cumsum(rows - cols + dlog_start)
         + (dlog_w.clone().cumsum(3) - dlog_w)
         + d_dec.unsqueeze_dim::<4>(3);
-    let df = dlog_f * sigmoid(f_pre.neg());
 
     let out4 = |t: Tensor<B, 5>, d: usize, like: &Tensor<B, 4>| {
         t.reshape([b, nh, nc * len, d])
             .narrow(2, 0, s)
             .cast(like.dtype())
     };
-    let out3 = |t: Tensor<B, 4>, like: &Tensor<B, 3>| {
-        t.reshape([b, nh, nc * len])
-            .narrow(2, 0, s)
-            .cast(like.dtype())
-    };
+    let tokens = |t: Tensor<B, 4>| t.reshape([b, nh, nc * len]).narrow(2, 0, s);
+    // d f̃ = d log f · σ(-f̃).
+    let df = tokens(dlog_f) * sigmoid(x.f_preact.clone().cast(DType::F32).neg());
     (
         MlstmInputs {
             q: out4(dq.reshape([b, nh, nc, len, dqk]), dqk, &x.q),
@@ -380,8 +377,8 @@ fn group_backward<B: MlstmBackend>(
                 dv,
                 &x.v,
             ),
-            i_preact: out3(di, &x.i_preact),
-            f_preact: out3(df, &x.f_preact),
+            i_preact: tokens(di).cast(x.i_preact.dtype()),
+            f_preact: df.cast(x.f_preact.dtype()),
         },
         MlstmState {
             c: dc.cast(state.c.dtype()),
@@ -389,21 +386,6 @@ fn group_backward<B: MlstmBackend>(
             m: dm.cast(state.m.dtype()),
         },
     )
-}
-
-/// `Σ_{u≥s} t_u` within each chunk `[B, NH, NC, L]`.
-fn reverse_cumsum<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
-    t.flip([3]).cumsum(3).flip([3])
-}
-
-/// `Σ_{u>s} log f_u` within each chunk `[B, NH, NC, L]`.
-fn sums_after<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, nh, nc, len] = log_f.dims();
-    let zero = Tensor::<B, 4>::zeros([b, nh, nc, 1], &log_f.device());
-    if len == 1 {
-        return zero;
-    }
-    reverse_cumsum(Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3)) // of log f_{s+1}
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_weighted_rows`].

@@ -11,17 +11,17 @@
 //! in the inputs' type. The gates are f32.
 //!
 //! The math is `xlstm_cells::mlstm`'s chunkwise form (see `chunk.rs` there): the gate matrix
-//! sums `log f` over its ranges as `segment_sums` does, the state weights `ĩ_s + F_L − F_s` are
-//! differences of the chunk-local sums `F_t` (as the fused f32 kernels form them); the
+//! sums `log f` over its ranges as `segment_sums` does, the state weights
+//! `ĩ_s + Σ_{u>s} log f_u` are sums after each token (as the backward forms them); the
 //! chunk-boundary states are kept in the inputs' float type between the scan and the output
 //! products, as TFLA keeps them, and the final state is f32 throughout.
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
-use xlstm_gating::{log_forget_gate, normalizer};
+use xlstm_gating::normalizer;
 
-use super::chunked::{batch_groups, Chunked};
+use super::chunked::{batch_groups, ChunkGates, Chunked};
 use super::{ChunkStates, MlstmBackend};
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
@@ -84,16 +84,16 @@ fn group_forward<B: MlstmBackend>(
     let Chunked {
         q, // [B, NH, NC, L, DQK]
         k,
-        v,     // [B, NH, NC, L, DV]
-        log_i, // [B, NH, NC, L]
-        f_pre,
+        v, // [B, NH, NC, L, DV]
+        gates:
+            ChunkGates {
+                log_i, // [B, NH, NC, L]
+                log_f,
+                f_cum,
+                log_w, // ĩ_s + Σ_{u>s} log f_u: each chunk's own contribution to its end state
+            },
     } = Chunked::new(x, len, dtype);
-    let log_f = log_forget_gate(f_pre);
-    let f_cum = log_f.clone().cumsum(3); // F_t
-    let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
-
-    // Each chunk's own contribution to its end state: ĩ_s + F_L - F_s, stabilised.
-    let log_w = log_i.clone() + (f_last.clone() - f_cum.clone());
+    let f_last = f_cum.narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
     let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
         f_last.reshape([b * nh, nc]),
@@ -255,15 +255,27 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     } else {
         Tensor::cat(vec![v.clone(), v], 3)
     };
-    let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, len, width]), values, DType::F32);
-    // The start state's terms with the exact q (the row factor applied to the f32 products).
-    let qc = B::mlstm_matmul(q.clone(), c_start, DType::F32);
+    let sums = sums_type(dtype);
+    let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, len, width]), values, sums);
+    // The start state's terms with the exact q (the row factor applied to the products).
+    let qc = B::mlstm_matmul(q.clone(), c_start, sums);
     let qn = row(gates.p_sum) + row(gates.qn0) * gain.clone();
     let rows = chunks * len;
     let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);
     B::mlstm_chunk_combine(flat(num), flat(qc), row(gain), row(qn), row(stab), dtype)
         .reshape([b, nh, nc, len, dv])
+}
+
+/// The float type of the products `(D∘P) V` and `Q C₀` that the combine reads: bf16 where the
+/// inputs are bf16 (each is a sum accumulated in f32 and rounded once, like `h` itself; half
+/// the bytes written and read back), else f32 (f16's range is too short for sums of products).
+fn sums_type(dtype: DType) -> DType {
+    if dtype == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].
@@ -275,6 +287,7 @@ pub(crate) fn chunk_combine<B: Backend>(
     stab: Tensor<B, 1>,
     dtype: DType,
 ) -> Tensor<B, 2> {
+    let (num, qc) = (num.cast(DType::F32), qc.cast(DType::F32));
     let num = num + qc * g.unsqueeze_dim::<2>(1);
     (num / normalizer(qn, stab, EPS).unsqueeze_dim::<2>(1)).cast(dtype)
 }

@@ -1,11 +1,13 @@
 //! The inputs of the chunkwise form split into chunks of `L` tokens, as the tensor-op forward
-//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, and the batch groups they
-//! run in. The chunk-local sums of `log f` are the reference's
-//! (`xlstm_cells::mlstm::segment_sums`).
+//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, with the gates of every
+//! chunk ([`ChunkGates`]), and the batch groups they run in. The sums of `log f` within a chunk
+//! are the reference's (`xlstm_cells::mlstm::segment_sums`).
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::MlstmInputs;
-use xlstm_gating::M_EMPTY;
+use xlstm_gating::{log_forget_gate, M_EMPTY};
+
+use super::MlstmBackend;
 
 /// `x` padded to `NC = ⌈S / L⌉` whole chunks with tokens that leave the memory as it is (as
 /// the reference pads: `ĩ = M_EMPTY`, `f̃ = -M_EMPTY` so `log f = 0`, `q = k = v = 0`).
@@ -15,23 +17,66 @@ pub(crate) struct Chunked<B: Backend> {
     pub k: Tensor<B, 5>,
     /// Values `[B, NH, NC, L, DV]`, in the float type asked for.
     pub v: Tensor<B, 5>,
-    /// Input-gate pre-activations `ĩ` (= `log i`) `[B, NH, NC, L]`, f32.
-    pub log_i: Tensor<B, 4>,
-    /// Forget-gate pre-activations `f̃` `[B, NH, NC, L]`, f32.
-    pub f_pre: Tensor<B, 4>,
+    /// The gates of every chunk.
+    pub gates: ChunkGates<B>,
 }
 
-impl<B: Backend> Chunked<B> {
+impl<B: MlstmBackend> Chunked<B> {
     /// `x` in chunks of `len` tokens, `q, k, v` in `dtype`, the gates in f32.
     pub(crate) fn new(x: &MlstmInputs<B>, len: usize, dtype: DType) -> Self {
         Self {
             q: chunks(x.q.clone(), len, dtype),
             k: chunks(x.k.clone(), len, dtype),
             v: chunks(x.v.clone(), len, dtype),
-            log_i: gate_chunks(x.i_preact.clone(), len, M_EMPTY),
-            f_pre: gate_chunks(x.f_preact.clone(), len, -M_EMPTY),
+            gates: B::mlstm_chunk_gates(x.i_preact.clone(), x.f_preact.clone(), len),
         }
     }
+}
+
+/// The gates of every chunk of `L` tokens, `[B, NH, NC, L]` each, f32; padding tokens carry
+/// `ĩ = M_EMPTY` and `log f = 0`.
+#[derive(Debug, Clone)]
+pub struct ChunkGates<B: Backend> {
+    /// `ĩ` (= `log i`).
+    pub log_i: Tensor<B, 4>,
+    /// `log f = log σ(f̃)`.
+    pub log_f: Tensor<B, 4>,
+    /// `F_t = Σ_{u≤t} log f_u`, the chunk-local sums.
+    pub f_cum: Tensor<B, 4>,
+    /// `log w_s = ĩ_s + Σ_{u>s} log f_u`, the weight of token `s` in its chunk's end state
+    /// before stabilising.
+    pub log_w: Tensor<B, 4>,
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_gates`].
+pub(crate) fn chunk_gates<B: Backend>(
+    i_preact: Tensor<B, 3>,
+    f_preact: Tensor<B, 3>,
+    len: usize,
+) -> ChunkGates<B> {
+    let log_i = gate_chunks(i_preact, len, M_EMPTY);
+    let log_f = log_forget_gate(gate_chunks(f_preact, len, -M_EMPTY));
+    ChunkGates {
+        log_w: log_i.clone() + sums_after(log_f.clone()),
+        f_cum: log_f.clone().cumsum(3),
+        log_i,
+        log_f,
+    }
+}
+
+/// `Σ_{u≥s} t_u` within each chunk `[B, NH, NC, L]`.
+pub(crate) fn reverse_cumsum<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    t.flip([3]).cumsum(3).flip([3])
+}
+
+/// `Σ_{u>s} log f_u` within each chunk `[B, NH, NC, L]`.
+fn sums_after<B: Backend>(log_f: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, nh, nc, len] = log_f.dims();
+    let zero = Tensor::<B, 4>::zeros([b, nh, nc, 1], &log_f.device());
+    if len == 1 {
+        return zero;
+    }
+    reverse_cumsum(Tensor::cat(vec![log_f.narrow(3, 1, len - 1), zero], 3)) // of log f_{s+1}
 }
 
 /// `t [B, NH, S, D]` as `[B, NH, NC, L, D]` in `dtype`, zero-padded to whole chunks.

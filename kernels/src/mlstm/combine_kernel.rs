@@ -1,21 +1,23 @@
 //! The last step of the chunkwise forward's outputs, fused: every output row
 //! `h_t = (num_t + g_t q_t C₀) / (max(|qn_t|, e^{-stab_t}) + eps)` (eq. 21 with the chunk's
-//! start state) from the f32 products, written once in the inputs' float type.
+//! start state) from the products (f32, or bf16 where the inputs are bf16), written once in
+//! the inputs' float type.
 
 use cubecl::prelude::*;
 
-/// One unit per vector of `W` columns of one row of `h [R, DV]`. Every tensor contiguous.
+/// One unit per vector of `W` columns of one row of `h [R, DV]`. Every tensor contiguous;
+/// arithmetic in f32.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn chunk_combine_kernel<F: Float, W: Size>(
-    num: &Tensor<Vector<f32, W>>, // [R, DV], (D∘P) V
-    qc: &Tensor<Vector<f32, W>>,  // [R, DV], q_t C₀
+pub(crate) fn chunk_combine_kernel<F: Float, N: Float, W: Size>(
+    num: &Tensor<Vector<N, W>>,   // [R, DV], (D∘P) V
+    qc: &Tensor<Vector<N, W>>,    // [R, DV], q_t C₀
     g: &Tensor<f32>,              // [R], e^{m₀ + F_t - stab_t}
     qn: &Tensor<f32>,             // [R], q_t·n_t (stabilised)
     stab: &Tensor<f32>,           // [R]
     h: &mut Tensor<Vector<F, W>>, // [R, DV]
     eps: f32,
-    #[define(F)] _dtype: StorageType,
+    #[define(F, N)] _dtypes: [StorageType; 2],
 ) {
     let width = h.vector_size();
     let row_vectors = h.shape(1) / width;
@@ -23,7 +25,9 @@ pub(crate) fn chunk_combine_kernel<F: Float, W: Size>(
     if pos < h.shape(0) * row_vectors {
         let r = pos / row_vectors;
         let den = qn[r].abs().max((-stab[r]).exp()) + eps;
-        let x = num[pos] + Vector::new(g[r]) * qc[pos];
+        let num = Vector::<f32, W>::cast_from(num[pos]);
+        let qc = Vector::<f32, W>::cast_from(qc[pos]);
+        let x = num + Vector::new(g[r]) * qc;
         h[pos] = Vector::cast_from(x / Vector::new(den));
     }
 }

@@ -13,6 +13,7 @@ use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
+use super::chunk_gates_kernel::chunk_gates_kernel;
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
@@ -25,7 +26,7 @@ use super::rows_kernel::{
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
-use super::{ChunkStates, MlstmBackend};
+use super::{ChunkGates, ChunkStates, MlstmBackend};
 
 /// Chunk sizes the output kernel is compiled for (multiples of 16 whose `[L, L]` gate matrix
 /// fits in shared memory next to the other tiles). Any other requested size runs with
@@ -210,7 +211,7 @@ fn row_grid<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize) -> (CubeCoun
 
 /// Largest chunk the gate kernels take (`gate_kernel.rs`: one unit per row and per column of
 /// the `[L, L]` matrix, which sits in shared memory).
-const GATE_CHUNK: usize = 64;
+const GATE_CHUNK: usize = 128;
 
 /// Whether the gate kernels take `chunks` chunks of `len` tokens and an output of `out`.
 fn gate_kernels_take<R: CubeRuntime>(
@@ -534,6 +535,44 @@ where
         (wrap(out), wrap(last))
     }
 
+    fn mlstm_chunk_gates(
+        i_preact: Tensor<Self, 3>,
+        f_preact: Tensor<Self, 3>,
+        len: usize,
+    ) -> ChunkGates<Self> {
+        let [b, nh, s] = i_preact.dims();
+        let dtype = i_preact.dtype();
+        if !supported(dtype) || f_preact.dtype() != dtype || len == 0 || b * nh * s == 0 {
+            return super::chunked::chunk_gates(i_preact, f_preact, len);
+        }
+        let nc = s.div_ceil(len);
+        let i_pre = prim(i_preact);
+        let out = || empty(&i_pre, vec![b * nh * nc, len], DType::F32);
+        let (log_i, log_f, f_cum, log_w) = (out(), out(), out(), out());
+        let client = i_pre.client.clone();
+        let dim = CubeDim::new_1d(64);
+        chunk_gates_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, b * nh * nc, dim),
+            dim,
+            i_pre.into_tensor_arg(),
+            prim(f_preact).into_tensor_arg(),
+            log_i.clone().into_tensor_arg(),
+            log_f.clone().into_tensor_arg(),
+            f_cum.clone().into_tensor_arg(),
+            log_w.clone().into_tensor_arg(),
+            len,
+            dtype.into(),
+        );
+        let shaped = |t: CubeTensor<R>| wrap::<R, F, I, BT, 2>(t).reshape([b, nh, nc, len]);
+        ChunkGates {
+            log_i: shaped(log_i),
+            log_f: shaped(log_f),
+            f_cum: shaped(f_cum),
+            log_w: shaped(log_w),
+        }
+    }
+
     fn mlstm_stabiliser_scan(
         f_last: Tensor<Self, 2>,
         m_loc: Tensor<Self, 2>,
@@ -577,12 +616,17 @@ where
         if !supported(dtype) || rows * dv == 0 {
             return super::chunk_matmul::chunk_combine(num, qc, g, qn, stab, dtype);
         }
-        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
+        // The sums are read in their own float type where both share a supported one.
+        let sums = if num.dtype() == qc.dtype() && supported(num.dtype()) {
+            num.dtype()
+        } else {
+            DType::F32
+        };
         let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
-        let num = f32(num);
+        let num = prim(num.cast(sums));
         let h = empty(&num, vec![rows, dv], dtype);
         let client = num.client.clone();
-        let width = vector_width(&client, dv, dtype, DType::F32);
+        let width = vector_width(&client, dv, dtype, sums);
         let dim = CubeDim::new_1d(256);
         chunk_combine_kernel::launch::<R>(
             &client,
@@ -590,13 +634,13 @@ where
             dim,
             width,
             num.into_tensor_arg(),
-            f32(qc).into_tensor_arg(),
+            prim(qc.cast(sums)).into_tensor_arg(),
             f32_row(g).into_tensor_arg(),
             f32_row(qn).into_tensor_arg(),
             f32_row(stab).into_tensor_arg(),
             h.clone().into_tensor_arg(),
             EPS as f32,
-            dtype.into(),
+            [dtype.into(), sums.into()],
         );
         wrap(h)
     }

@@ -8,6 +8,8 @@
 mod autodiff;
 mod backward;
 #[cfg(feature = "cube")]
+mod chunk_gates_kernel;
+#[cfg(feature = "cube")]
 mod chunk_kernel;
 mod chunk_matmul;
 mod chunked;
@@ -31,6 +33,7 @@ mod scan_kernel;
 mod step_kernel;
 
 pub use chunk_matmul::chunkwise_matmul;
+pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
 pub use cube::DEFAULT_CHUNK;
 pub use gates::GateMatrix;
@@ -239,9 +242,21 @@ pub trait MlstmBackend: Backend {
         backward::matmul_in_f32(lhs, rhs, out)
     }
 
+    /// The gates of every chunk of `len` tokens from the pre-activations `ĩ, f̃ [B, NH, S]` (one
+    /// float type): `ĩ`, `log σ(f̃)`, the chunk-local sums `F_t` and `ĩ_s + Σ_{u>s} log f_u`,
+    /// each `[B, NH, ⌈S / len⌉, len]` in f32, the last chunk padded with tokens that leave the
+    /// memory as it is (`ĩ = M_EMPTY`, `log f = 0`). The cube backends do it in one pass.
+    fn mlstm_chunk_gates(
+        i_preact: Tensor<Self, 3>,
+        f_preact: Tensor<Self, 3>,
+        len: usize,
+    ) -> ChunkGates<Self> {
+        chunked::chunk_gates(i_preact, f_preact, len)
+    }
+
     /// The stabiliser of every chunk boundary: from `m = m0 [G]`, per chunk `c`,
     /// `m₁ = max(F_L + m, m_loc)` with `f_last [G, NC]` (`F_L`, the chunk's sum of `log f`) and
-    /// `m_loc [G, NC]` (`max_s(ĩ_s + F_L - F_s)`), all f32. Returns `m` before every chunk and
+    /// `m_loc [G, NC]` (`max_s(ĩ_s + Σ_{u>s} log f_u)`), all f32. Returns `m` before every chunk and
     /// after the last `[G, NC + 1]`, `e^{F_L+m-m₁}` and `e^{m_loc-m₁}` `[G, NC]`.
     fn mlstm_stabiliser_scan(
         f_last: Tensor<Self, 2>,
@@ -291,8 +306,8 @@ pub trait MlstmBackend: Backend {
 
     /// The outputs of the chunkwise form from its f32 parts, row by row (eq. 21 with the
     /// chunk's start state): `h = (num + g qc) / (max(|qn|, e^{-stab}) + eps)` with
-    /// `num, qc [R, DV]` and `g, qn, stab [R]`, all f32; `h`
-    /// in `dtype`. The cube backends do it in one pass.
+    /// `num, qc [R, DV]` (f32, or both bf16) and `g, qn, stab [R]` (f32), in f32 arithmetic;
+    /// `h` in `dtype`. The cube backends do it in one pass.
     fn mlstm_chunk_combine(
         num: Tensor<Self, 2>,
         qc: Tensor<Self, 2>,
