@@ -757,8 +757,20 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
     let dtypes = [Some(DType::F32), half].into_iter().flatten();
     for dtype in dtypes {
         let is_half = dtype != DType::F32;
-        for &(rows, dv) in &[(1, 1), (7, 3), (13, 4), (91, 6), (33, 130), (64, 512)] {
-            let num = r.uniform(rows * dv, -2.0, 2.0);
+        // The combine over chunks of `len` rows, its products whole or split in two halves.
+        let shapes = [
+            (1, 1, 1, false),
+            (7, 1, 3, true),
+            (1, 13, 4, false),
+            (7, 13, 6, true),
+            (3, 11, 130, false),
+            (3, 11, 130, true),
+            (1, 64, 512, true),
+        ];
+        for &(chunks, len, dv, split) in &shapes {
+            let rows = chunks * len;
+            let num_rows = if split { 2 * len } else { len };
+            let num = r.uniform(chunks * num_rows * dv, -2.0, 2.0);
             let qc = r.uniform(rows * dv, -2.0, 2.0);
             let g = r.uniform(rows, 0.0, 1.0);
             let qn = r.uniform(rows, -3.0, 3.0);
@@ -766,14 +778,15 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             fn combine<C: MlstmBackend>(
                 d: &C::Device,
                 [num, qc, g, qn, stab]: [&[f32]; 5],
-                [rows, dv]: [usize; 2],
+                [chunks, num_rows, rows, dv]: [usize; 4],
                 [sums, dtype]: [DType; 2],
             ) -> Vec<f64> {
-                let wide = |v: &[f32]| tensor::<C, 2>(v, [rows, dv], d).cast(sums);
+                let num = tensor::<C, 3>(num, [chunks, num_rows, dv], d).cast(sums);
+                let qc = tensor::<C, 2>(qc, [rows, dv], d).cast(sums);
                 let row = |v: &[f32]| tensor::<C, 1>(v, [rows], d);
-                let h =
-                    C::mlstm_chunk_combine(wide(num), wide(qc), row(g), row(qn), row(stab), dtype);
+                let h = C::mlstm_chunk_combine(num, qc, row(g), row(qn), row(stab), dtype);
                 assert_eq!(h.dtype(), dtype, "combine: output float type");
+                assert_eq!(h.dims(), [rows, dv], "combine: output shape");
                 values(h)
             }
             // The sums in f32, and in the half type (rounded: the reference reads the same
@@ -783,22 +796,15 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 (DType::F32, [&num[..], &qc, &g, &qn, &stab]),
                 (dtype, [&num_half[..], &qc_half, &g, &qn, &stab]),
             ];
+            let dims = [chunks, num_rows, rows, dv];
             for (sums, parts) in cases {
                 keep_going(&mut failures, || {
-                    let got = combine::<B>(dev, parts, [rows, dv], [sums, dtype]);
-                    let want = combine::<Ref>(
-                        &Default::default(),
-                        parts,
-                        [rows, dv],
-                        [DType::F32, DType::F32],
-                    );
+                    let got = combine::<B>(dev, parts, dims, [sums, dtype]);
+                    let want =
+                        combine::<Ref>(&Default::default(), parts, dims, [DType::F32, DType::F32]);
                     let bound = if is_half { 5e-3 } else { 1e-6 };
-                    check(
-                        &format!("combine {dtype:?} sums {sums:?} [{rows}, {dv}]"),
-                        got,
-                        want,
-                        bound,
-                    );
+                    let what = format!("combine {dtype:?} sums {sums:?} {dims:?}");
+                    check(&what, got, want, bound);
                 });
             }
         }
@@ -1134,16 +1140,16 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     split,
                 );
                 assert_eq!(got.p.dtype(), dtype, "gate matrix: P's float type");
-                let width = if split { 2 * len } else { len };
+                let rows = if split { 2 * len } else { len };
                 assert_eq!(
                     got.p.dims(),
-                    [g, len, width],
-                    "gate matrix: the rest where split"
+                    [g, rows, len],
+                    "gate matrix: the rest below where split"
                 );
                 let want = gates(&rd);
                 let p = got.p.cast(DType::F32);
                 let p = if split {
-                    p.clone().narrow(2, 0, len) + p.narrow(2, len, len)
+                    p.clone().narrow(1, 0, len) + p.narrow(1, len, len)
                 } else {
                     p
                 };

@@ -230,9 +230,10 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let by_chunk = |t: Tensor<B, 4>| t.reshape([chunks, len]);
     let log_start = m_start.unsqueeze_dim::<4>(3) + log_f.clone().cumsum(3); // m₀ + F_t
     let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
-                                                                            // P = D∘(Q Kᵀ)/sqrt(DQK) as the sum of two operands of the inputs' type (its rounded value
-                                                                            // and the rest): rounding it once to bf16 cost 4e-2 of relative error where the terms of
-                                                                            // a row cancel; the split leaves 2⁻¹⁶ of it.
+
+    // P = D∘(Q Kᵀ)/sqrt(DQK) as the sum of two operands of the inputs' type (its rounded value
+    // and the rest, stacked): rounding it once to bf16 cost 4e-2 of relative error where the
+    // terms of a row cancel; the split leaves 2⁻¹⁶ of it.
     let gates = B::mlstm_gate_matrix(
         scores.reshape([chunks, len, len]),
         by_chunk(log_f),
@@ -248,23 +249,25 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let log_start = row(log_start.reshape([chunks, len]));
     let stab = row(gates.row_max).max_pair(log_start.clone());
     let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-                                                 // P V as one product: [P, rest] [V; V] where P was split.
-    let width = gates.p.dims()[2];
-    let values = if width == len {
-        v
-    } else {
-        Tensor::cat(vec![v.clone(), v], 3)
-    };
+
+    // P V as one product [P; rest] V where P was split (the combine sums the two halves).
+    let p_rows = gates.p.dims()[1];
     let sums = sums_type(dtype);
-    let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, len, width]), values, sums);
+    let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, p_rows, len]), v, sums);
     // The start state's terms with the exact q (the row factor applied to the products).
     let qc = B::mlstm_matmul(q.clone(), c_start, sums);
     let qn = row(gates.p_sum) + row(gates.qn0) * gain.clone();
     let rows = chunks * len;
-    let flat = |t: Tensor<B, 5>| t.reshape([rows, dv]);
     let row = |t: Tensor<B, 5>| t.reshape([rows]);
-    B::mlstm_chunk_combine(flat(num), flat(qc), row(gain), row(qn), row(stab), dtype)
-        .reshape([b, nh, nc, len, dv])
+    B::mlstm_chunk_combine(
+        num.reshape([chunks, p_rows, dv]),
+        qc.reshape([rows, dv]),
+        row(gain),
+        row(qn),
+        row(stab),
+        dtype,
+    )
+    .reshape([b, nh, nc, len, dv])
 }
 
 /// The float type of the products `(D∘P) V` and `Q C₀` that the combine reads: bf16 where the
@@ -280,14 +283,22 @@ fn sums_type(dtype: DType) -> DType {
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_combine`].
 pub(crate) fn chunk_combine<B: Backend>(
-    num: Tensor<B, 2>,
+    num: Tensor<B, 3>,
     qc: Tensor<B, 2>,
     g: Tensor<B, 1>,
     qn: Tensor<B, 1>,
     stab: Tensor<B, 1>,
     dtype: DType,
 ) -> Tensor<B, 2> {
-    let (num, qc) = (num.cast(DType::F32), qc.cast(DType::F32));
+    let [rows, dv] = qc.dims();
+    let len = rows / num.dims()[0].max(1);
+    let num = num.cast(DType::F32);
+    let num = if num.dims()[1] == len {
+        num
+    } else {
+        num.clone().narrow(1, 0, len) + num.narrow(1, len, len)
+    };
+    let (num, qc) = (num.reshape([rows, dv]), qc.cast(DType::F32));
     let num = num + qc * g.unsqueeze_dim::<2>(1);
     (num / normalizer(qn, stab, EPS).unsqueeze_dim::<2>(1)).cast(dtype)
 }

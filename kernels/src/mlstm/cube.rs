@@ -605,14 +605,16 @@ where
     }
 
     fn mlstm_chunk_combine(
-        num: Tensor<Self, 2>,
+        num: Tensor<Self, 3>,
         qc: Tensor<Self, 2>,
         g: Tensor<Self, 1>,
         qn: Tensor<Self, 1>,
         stab: Tensor<Self, 1>,
         dtype: DType,
     ) -> Tensor<Self, 2> {
-        let [rows, dv] = num.dims();
+        let [rows, dv] = qc.dims();
+        let [chunks, num_rows, _] = num.dims();
+        let len = rows / chunks.max(1);
         if !supported(dtype) || rows * dv == 0 {
             return super::chunk_matmul::chunk_combine(num, qc, g, qn, stab, dtype);
         }
@@ -640,6 +642,7 @@ where
             f32_row(stab).into_tensor_arg(),
             h.clone().into_tensor_arg(),
             EPS as f32,
+            num_rows == 2 * len,
             [dtype.into(), sums.into()],
         );
         wrap(h)
@@ -745,8 +748,8 @@ where
         let q_dtype = q.dtype();
         let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let scores = prim(scores.cast(DType::F32));
-        let width = if split { 2 * len } else { len };
-        let p = empty(&scores, vec![chunks, len, width], out);
+        let rows = if split { 2 * len } else { len };
+        let p = empty(&scores, vec![chunks, rows, len], out);
         let row_max = empty(&scores, vec![chunks, len], DType::F32);
         let p_sum = empty(&scores, vec![chunks, len], DType::F32);
         let qn0 = empty(&scores, vec![chunks, len], DType::F32);

@@ -3,10 +3,9 @@
 //! memory column by column (unit `s` sums `log f` down its column, in the order of
 //! `segment_sums`), the row maxima row by row (unit `t`), then unit `s` walks the rows of the
 //! `[L, L]` operands, so that a warp reads and writes contiguous entries.
-//! - [`gate_matrix_kernel`]: `P = scores · A · scale` (rounded, and beside it its rest where
-//!   `split`), the
-//!   row maxima of `log D`, the row sums of `P` and `q_t·n₀` (unit `s` sums the columns
-//!   `s, s + L, …` of every row, then unit `t` adds its row's partial sums);
+//! - [`gate_matrix_kernel`]: `P = scores · A · scale` (rounded, and below it its rest where
+//!   `split`), the row maxima of `log D`, the row sums of `P` and `q_t·n₀` (unit `s` sums the
+//!   columns `s, s + L, …` of every row, then unit `t` adds its row's partial sums);
 //! - [`gate_grads_kernel`]: `dS = (dpv + dqn) ∘ A` and the row and column sums of
 //!   `d log D = (dpv + dqn) ∘ P` plus the stabiliser's gradient at each row's maximum.
 
@@ -93,7 +92,7 @@ pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
     log_start: &Tensor<f32>,   // [G, L], m₀ + F_t
     q: &Tensor<Q>,             // [G, L, DQK], rows possibly padded
     n_start: &Tensor<f32>,     // [G, DQK]
-    p: &mut Tensor<W>,         // [G, L, L], or [G, L, 2L] (P, then its rest) where `split`
+    p: &mut Tensor<W>,         // [G, L, L], or [G, 2L, L] (P, then its rest) where `split`
     row_max: &mut Tensor<f32>, // [G, L]
     p_sum: &mut Tensor<f32>,   // [G, L]
     qn0: &mut Tensor<f32>,     // [G, L]
@@ -120,7 +119,7 @@ pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
 
     if valid {
         let s = unit;
-        let width = comptime!(if split { 2 * l } else { l });
+        let rows = comptime!(if split { 2 * l } else { l });
         for t in 0..l {
             let at = (g * l + t) * l + s;
             let mut value = 0.0f32;
@@ -129,10 +128,9 @@ pub(crate) fn gate_matrix_kernel<W: Float, Q: Float>(
                 value = scores[at] * (a * scale);
             }
             let high = W::cast_from(value);
-            let row = (g * l + t) * width;
-            p[row + s] = high;
+            p[(g * rows + t) * l + s] = high;
             if comptime!(split) {
-                p[row + l + s] = W::cast_from(value - f32::cast_from(high));
+                p[(g * rows + l + t) * l + s] = W::cast_from(value - f32::cast_from(high));
             }
             // Each entry is read and then overwritten by the same unit.
             tile[t * (l + 1) + s] = value;

@@ -17,9 +17,9 @@ use super::MlstmBackend;
 #[derive(Debug, Clone)]
 pub struct GateMatrix<B: Backend> {
     /// `P = (Q Kᵀ)/sqrt(DQK) ∘ A` `[G, L, L]`, rounded to the float type asked for; where the
-    /// split was asked for `[G, L, 2L]`: the rounded `P`, then `P` minus it, rounded again
-    /// (their sum carries `P` to 2⁻¹⁶ of its rows' sums in bf16 where one rounding does not),
-    /// so that `p [V; V]` is `P V`.
+    /// split was asked for `[G, 2L, L]`: the rounded `P` (rows `0..L`), then `P` minus it,
+    /// rounded again (rows `L..2L`; their sum carries `P` to 2⁻¹⁶ of its rows' sums in bf16
+    /// where one rounding does not), so that the two halves of `p V` sum to `P V`.
     pub p: Tensor<B, 3>,
     /// `max_{s≤t} log D_ts` `[G, L]`, f32.
     pub row_max: Tensor<B, 2>,
@@ -66,7 +66,7 @@ pub(crate) fn gate_matrix<B: MlstmBackend>(
     let p_high = p.clone().cast(out);
     let p = if split {
         let p_low = (p - p_high.clone().cast(DType::F32)).cast(out);
-        Tensor::cat(vec![p_high, p_low], 2)
+        Tensor::cat(vec![p_high, p_low], 1)
     } else {
         p_high
     };

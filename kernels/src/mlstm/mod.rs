@@ -152,7 +152,7 @@ pub trait MlstmBackend: Backend {
     /// `scores [G, L, L]` (`q_t·k_s`, f32), the chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and
     /// `ĩ`, f32; padding tokens `0` and `M_EMPTY`), `log_start [G, L]` (`m₀ + F_t`, f32), the
     /// queries `q [G, L, DQK]` (any float type) and the chunk-start `n_start [G, DQK]`:
-    /// `P = scores · A · scale` in `out` (`[G, L, 2L]` with its rest where `split`), the row
+    /// `P = scores · A · scale` in `out` (`[G, 2L, L]` with its rest below where `split`), the row
     /// maxima of
     /// `log D`, the row sums of `P` and `q_t·n₀`. The cube backends do it in one pass.
     #[allow(clippy::too_many_arguments)]
@@ -304,12 +304,13 @@ pub trait MlstmBackend: Backend {
         chunk_matmul::chunk_outputs(q, k, v, log_f, log_i, c_start, n_start, m_start)
     }
 
-    /// The outputs of the chunkwise form from its f32 parts, row by row (eq. 21 with the
-    /// chunk's start state): `h = (num + g qc) / (max(|qn|, e^{-stab}) + eps)` with
-    /// `num, qc [R, DV]` (f32, or both bf16) and `g, qn, stab [R]` (f32), in f32 arithmetic;
-    /// `h` in `dtype`. The cube backends do it in one pass.
+    /// The outputs of the chunkwise form from its parts, row by row (eq. 21 with the chunk's
+    /// start state): `h = (num + g qc) / (max(|qn|, e^{-stab}) + eps)` with `num [G, L, DV]`
+    /// (or `[G, 2L, DV]`, whose two halves sum to it: the products of the split `P`),
+    /// `qc [R = G·L, DV]` (f32, or both bf16) and `g, qn, stab [R]` (f32), in f32 arithmetic;
+    /// `h [R, DV]` in `dtype`. The cube backends do it in one pass.
     fn mlstm_chunk_combine(
-        num: Tensor<Self, 2>,
+        num: Tensor<Self, 3>,
         qc: Tensor<Self, 2>,
         g: Tensor<Self, 1>,
         qn: Tensor<Self, 1>,
