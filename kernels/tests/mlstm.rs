@@ -939,31 +939,34 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 }
             });
         }
-        // dv's two terms summed and cast.
+        // dv's two terms summed and cast, the terms in f32 and in the half type.
         for &(rows, d) in &[(1, 1), (9, 3), (17, 6), (64, 512), (3, 1001)] {
             let a = r.uniform(rows * d, -2.0, 2.0);
             let b = r.uniform(rows * d, -2.0, 2.0);
-            keep_going(&mut failures, || {
-                let got = B::mlstm_sum_rows(
-                    tensor(&a, [rows, d], dev),
-                    tensor(&b, [rows, d], dev),
-                    dtype,
-                );
-                assert_eq!(got.dtype(), dtype, "sum rows: output float type");
-                let rd = Default::default();
-                let want = Ref::mlstm_sum_rows(
-                    tensor(&a, [rows, d], &rd),
-                    tensor(&b, [rows, d], &rd),
-                    DType::F32,
-                );
-                let bound = if is_half { 5e-3 } else { 1e-7 };
-                check(
-                    &format!("sum rows {dtype:?} [{rows}, {d}]"),
-                    values(got),
-                    values(want),
-                    bound,
-                );
-            });
+            let (a_half, b_half) = (round_to(&a, dtype), round_to(&b, dtype));
+            for (terms, a, b) in [(DType::F32, &a, &b), (dtype, &a_half, &b_half)] {
+                keep_going(&mut failures, || {
+                    let got = B::mlstm_sum_rows(
+                        tensor::<B, 2>(a, [rows, d], dev).cast(terms),
+                        tensor::<B, 2>(b, [rows, d], dev).cast(terms),
+                        dtype,
+                    );
+                    assert_eq!(got.dtype(), dtype, "sum rows: output float type");
+                    let rd = Default::default();
+                    let want = Ref::mlstm_sum_rows(
+                        tensor(a, [rows, d], &rd),
+                        tensor(b, [rows, d], &rd),
+                        DType::F32,
+                    );
+                    let bound = if is_half { 5e-3 } else { 1e-7 };
+                    check(
+                        &format!("sum rows {dtype:?} terms {terms:?} [{rows}, {d}]"),
+                        values(got),
+                        values(want),
+                        bound,
+                    );
+                });
+            }
         }
         // The backward's last step for dq and dk: chunks of 1–5 rows, the state term's rows
         // shared by a chunk's rows.

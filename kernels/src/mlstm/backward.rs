@@ -35,7 +35,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 
-use super::chunk_matmul::{boundary_states, scan_chunks};
+use super::chunk_matmul::{boundary_states, scan_chunks, sums_type};
 use super::chunked::{batch_groups, chunks, reverse_cumsum, ChunkGates, Chunked};
 use super::gates::one_hot;
 use super::{ChunkStates, MlstmBackend};
@@ -264,7 +264,9 @@ fn group_backward<B: MlstmBackend>(
     );
     let dg = dg.reshape([b, nh, nc, len, 1]);
     let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
-    let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), DType::F32);
+    // dv's two terms in the forward's sums type (bf16 where the work is: each is rounded once,
+    // then the two are added in f32 and rounded again as dv).
+    let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), sums_type(work));
     // g∘q and dn₀'s term Σ_t g_t dqn_t q_t in one pass over q.
     let (gq, dn_intra) = B::mlstm_weighted_rows(
         B::mlstm_rows(q, [chunk_count, len, dqk]),
@@ -347,7 +349,7 @@ fn group_backward<B: MlstmBackend>(
         len,
         x.k.dtype(),
     );
-    let dv_state = mm(k_w, dc_end, DType::F32);
+    let dv_state = mm(k_w, dc_end, sums_type(work));
     let dlog_w = (k_dot.reshape([b, nh, nc, len, 1]) * w * scale).reshape([b, nh, nc, len])
         + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
@@ -403,7 +405,7 @@ pub(crate) fn weighted_rows<B: Backend>(
 
 /// The tensor-op form of [`MlstmBackend::mlstm_sum_rows`].
 pub(crate) fn sum_rows<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, out: DType) -> Tensor<B, 2> {
-    (a + b).cast(out)
+    (a.cast(DType::F32) + b.cast(DType::F32)).cast(out)
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_backward_rows`].

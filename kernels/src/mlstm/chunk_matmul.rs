@@ -270,10 +270,12 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     .reshape([b, nh, nc, len, dv])
 }
 
-/// The float type of the products `(D∘P) V` and `Q C₀` that the combine reads: bf16 where the
-/// inputs are bf16 (each is a sum accumulated in f32 and rounded once, like `h` itself; half
-/// the bytes written and read back), else f32 (f16's range is too short for sums of products).
-fn sums_type(dtype: DType) -> DType {
+/// The float type of the products that are only added to another before their result is
+/// rounded (the forward's `(D∘P) V` and `Q C₀`, the backward's two terms of `dv`): bf16 where
+/// the work is bf16 (each is a sum accumulated in f32 and rounded once, like the result itself;
+/// half the bytes written and read back), else f32 (f16's range is too short for sums of
+/// products).
+pub(crate) fn sums_type(dtype: DType) -> DType {
     if dtype == DType::BF16 {
         DType::BF16
     } else {

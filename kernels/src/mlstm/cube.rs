@@ -882,10 +882,16 @@ where
         if !supported(out) || rows * d == 0 {
             return super::backward::sum_rows(a, b, out);
         }
-        let (a, b) = (prim(a.cast(DType::F32)), prim(b.cast(DType::F32)));
+        // The terms are read in their own float type where both share a supported one.
+        let terms = if a.dtype() == b.dtype() && supported(a.dtype()) {
+            a.dtype()
+        } else {
+            DType::F32
+        };
+        let (a, b) = (prim(a.cast(terms)), prim(b.cast(terms)));
         let sum = empty(&a, vec![rows, d], out);
         let client = a.client.clone();
-        let width = vector_width(&client, d, out, DType::F32);
+        let width = vector_width(&client, d, out, terms);
         let dim = CubeDim::new_1d(256);
         sum_rows_kernel::launch::<R>(
             &client,
@@ -895,7 +901,7 @@ where
             a.into_tensor_arg(),
             b.into_tensor_arg(),
             sum.clone().into_tensor_arg(),
-            out.into(),
+            [out.into(), terms.into()],
         );
         wrap(sum)
     }

@@ -217,7 +217,8 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The backward's `dv`, the intra-chunk term plus the chunk-boundary states' term: `a + b`
-    /// (f32 `[R, D]`) in `out`. The cube backends do it in one pass.
+    /// (`[R, D]`, f32 or both bf16; added in f32) in `out`. The cube backends do it in one
+    /// pass.
     fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {
         backward::sum_rows(a, b, out)
     }

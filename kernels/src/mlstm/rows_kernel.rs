@@ -105,18 +105,19 @@ pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
     }
 }
 
-/// `out = a + b` in `out`'s float type, one unit per vector of `W` entries. Every tensor
-/// contiguous.
+/// `out = a + b` (added in f32) in `out`'s float type, one unit per vector of `W` entries.
+/// Every tensor contiguous.
 #[cube(launch)]
-pub(crate) fn sum_rows_kernel<O: Float, W: Size>(
-    a: &Tensor<Vector<f32, W>>,     // [R, D]
-    b: &Tensor<Vector<f32, W>>,     // [R, D]
+pub(crate) fn sum_rows_kernel<O: Float, N: Float, W: Size>(
+    a: &Tensor<Vector<N, W>>,       // [R, D]
+    b: &Tensor<Vector<N, W>>,       // [R, D]
     out: &mut Tensor<Vector<O, W>>, // [R, D]
-    #[define(O)] _dtype: StorageType,
+    #[define(O, N)] _dtypes: [StorageType; 2],
 ) {
     let pos = ABSOLUTE_POS;
     if pos < out.shape(0) * out.shape(1) / out.vector_size() {
-        out[pos] = Vector::cast_from(a[pos] + b[pos]);
+        let sum = Vector::<f32, W>::cast_from(a[pos]) + Vector::<f32, W>::cast_from(b[pos]);
+        out[pos] = Vector::cast_from(sum);
     }
 }
 
