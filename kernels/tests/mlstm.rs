@@ -1043,7 +1043,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     let t = tensor::<C, 3>(v, [b, nh, s], d).cast(dtype);
                     if strided {
                         // The same values stored as [B, S, NH] and read through a transposed
-                        // view, and as the second half of a wider tensor.
+                        // view, and as the second half of a wider tensor (a view at an offset).
                         let mut stored = vec![0.0; v.len()];
                         for (at, x) in v.iter().enumerate() {
                             let (bh, t) = (at / s, at % s);
@@ -1052,7 +1052,10 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                         let view = tensor::<C, 3>(&stored, [b, s, nh], d)
                             .cast(dtype)
                             .swap_dims(1, 2);
-                        let wide = Tensor::cat(vec![t.clone(), t], 2);
+                        // Other values in the first half: reading past the view's offset
+                        // shows.
+                        let other = (t.clone() * 3.0 - 1.0).cast(dtype);
+                        let wide = Tensor::cat(vec![other, t], 2);
                         (view, wide.narrow(2, s, s))
                     } else {
                         (t.clone(), t)

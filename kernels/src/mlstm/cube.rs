@@ -546,7 +546,8 @@ where
             return super::chunked::chunk_gates(i_preact, f_preact, len);
         }
         let nc = s.div_ceil(len);
-        let i_pre = prim(i_preact);
+        // Read in place, in their strides (e.g. a transposed projection's output): no copy.
+        let i_pre = i_preact.into_primitive().tensor();
         let out = || empty(&i_pre, vec![b * nh * nc, len], DType::F32);
         let (log_i, log_f, f_cum, log_w) = (out(), out(), out(), out());
         let client = i_pre.client.clone();
@@ -556,7 +557,7 @@ where
             cubecl::calculate_cube_count_elemwise(&client, b * nh * nc, dim),
             dim,
             i_pre.into_tensor_arg(),
-            prim(f_preact).into_tensor_arg(),
+            f_preact.into_primitive().tensor().into_tensor_arg(),
             log_i.clone().into_tensor_arg(),
             log_f.clone().into_tensor_arg(),
             f_cum.clone().into_tensor_arg(),
