@@ -15,10 +15,15 @@ pub struct MlstmState<B: Backend> {
 
 impl<B: Backend> MlstmState<B> {
     /// The official initial state: `C = 0`, `n = 0`, `m = 0`.
+    ///
+    /// Allocated flat, then viewed in shape: burn's GPU layout pads the rows of a tensor
+    /// allocated with its shape (e.g. `DV` = 192 f32 entries to 256), and a padded state is
+    /// copied wherever its dims are merged (the chunkwise kernels see `C` as `[B·NH, DQK·DV]`).
     pub fn zeros(batch: usize, heads: usize, dqk: usize, dv: usize, device: &B::Device) -> Self {
         Self {
-            c: Tensor::zeros([batch, heads, dqk, dv], device),
-            n: Tensor::zeros([batch, heads, dqk], device),
+            c: Tensor::<B, 1>::zeros([batch * heads * dqk * dv], device)
+                .reshape([batch, heads, dqk, dv]),
+            n: Tensor::<B, 1>::zeros([batch * heads * dqk], device).reshape([batch, heads, dqk]),
             m: Tensor::zeros([batch, heads], device),
         }
     }
