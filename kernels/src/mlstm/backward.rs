@@ -188,7 +188,7 @@ fn group_backward<B: MlstmBackend>(
         by_matrix(scores.clone()),
         by_chunk_row(log_f.clone()),
         by_chunk_row(log_i.clone()),
-        by_chunk_row(log_start.clone()),
+        by_chunk_row(log_start),
         B::mlstm_rows(q.clone(), [chunk_count, len, dqk]),
         n_start.clone().reshape([chunk_count, dqk]),
         scale,
@@ -196,12 +196,11 @@ fn group_backward<B: MlstmBackend>(
         false,
     );
     let p_w = gates.p.reshape([b, nh, nc, len, len]); // P in the work type
-    let row_max = as_rows(gates.row_max);
-    let log_start = log_start.unsqueeze_dim::<5>(4);
-    let from_start = log_start.clone().greater(row_max.clone());
-    let stab = row_max.max_pair(log_start.clone());
-    let g = (log_start - stab.clone()).exp(); // [B, NH, NC, L, 1]
-    let qn = as_rows(gates.p_sum) + as_rows(gates.qn0) * g.clone(); // q_t·n₀ with n₀ in f32
+    let stab = as_rows(gates.stab);
+    // The stabiliser is m₀ + F_t where that exceeds the row maximum of log D.
+    let from_start = stab.clone().greater(as_rows(gates.row_max));
+    let g = as_rows(gates.gain); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
+    let qn = as_rows(gates.qn); // Σ_s P_ts + g_t q_t·n₀, n₀ in f32
     let floor = stab.clone().neg().exp();
     let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
     let on_qn = qn.clone().abs().greater_equal(floor);

@@ -93,7 +93,7 @@ fn group_forward<B: MlstmBackend>(
                 log_w, // ĩ_s + Σ_{u>s} log f_u: each chunk's own contribution to its end state
             },
     } = Chunked::new(x, len, dtype);
-    let f_last = f_cum.narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
+    let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
     let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
         f_last.reshape([b * nh, nc]),
@@ -128,7 +128,7 @@ fn group_forward<B: MlstmBackend>(
         log_i,
         kept.c_start.clone(),
         kept.n_start.clone(),
-        m_all.clone().narrow(2, 0, nc),
+        m_all.clone().narrow(2, 0, nc).unsqueeze_dim::<4>(3) + f_cum, // m₀ + F_t
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
     let final_state = MlstmState {
@@ -220,7 +220,7 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     log_i: Tensor<B, 4>,
     c_start: Tensor<B, 5>,
     n_start: Tensor<B, 4>,
-    m_start: Tensor<B, 3>,
+    log_start: Tensor<B, 4>,
 ) -> Tensor<B, 5> {
     let [b, nh, nc, len, dqk] = q.dims();
     let dv = v.dims()[4];
@@ -228,7 +228,6 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
     let key_scale = 1.0 / (dqk as f64).sqrt();
     let chunks = b * nh * nc;
     let by_chunk = |t: Tensor<B, 4>| t.reshape([chunks, len]);
-    let log_start = m_start.unsqueeze_dim::<4>(3) + log_f.clone().cumsum(3); // m₀ + F_t
     let scores = B::mlstm_matmul(q.clone(), k.swap_dims(3, 4), DType::F32); // q_t·k_s
 
     // P = D∘(Q Kᵀ)/sqrt(DQK) as the sum of two operands of the inputs' type (its rounded value
@@ -238,33 +237,28 @@ pub(crate) fn chunk_outputs<B: MlstmBackend>(
         scores.reshape([chunks, len, len]),
         by_chunk(log_f),
         by_chunk(log_i),
-        by_chunk(log_start.clone()),
+        by_chunk(log_start),
         B::mlstm_rows(q.clone(), [chunks, len, dqk]),
         n_start.reshape([chunks, dqk]),
         key_scale,
         dtype,
         dtype != DType::F32,
     );
-    let row = |t: Tensor<B, 2>| t.reshape([b, nh, nc, len, 1]);
-    let log_start = row(log_start.reshape([chunks, len]));
-    let stab = row(gates.row_max).max_pair(log_start.clone());
-    let gain = (log_start - stab.clone()).exp(); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
 
     // P V as one product [P; rest] V where P was split (the combine sums the two halves).
     let p_rows = gates.p.dims()[1];
     let sums = sums_type(dtype);
     let num = B::mlstm_matmul(gates.p.reshape([b, nh, nc, p_rows, len]), v, sums);
-    // The start state's terms with the exact q (the row factor applied to the products).
+    // The start state's terms with the exact q (the row factor g_t applied to the products).
     let qc = B::mlstm_matmul(q.clone(), c_start, sums);
-    let qn = row(gates.p_sum) + row(gates.qn0) * gain.clone();
     let rows = chunks * len;
-    let row = |t: Tensor<B, 5>| t.reshape([rows]);
+    let row = |t: Tensor<B, 2>| t.reshape([rows]);
     B::mlstm_chunk_combine(
         num.reshape([chunks, p_rows, dv]),
         qc.reshape([rows, dv]),
-        row(gain),
-        row(qn),
-        row(stab),
+        row(gates.gain),
+        row(gates.qn),
+        row(gates.stab),
         dtype,
     )
     .reshape([b, nh, nc, len, dv])

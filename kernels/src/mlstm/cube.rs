@@ -18,7 +18,7 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
-use super::gate_kernel::{gate_grads_kernel, gate_matrix_kernel};
+use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
 use super::rows_kernel::{
     backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, weighted_rows_kernel,
@@ -220,7 +220,7 @@ fn gate_kernels_take<R: CubeRuntime>(
     len: usize,
     out: DType,
 ) -> bool {
-    let shared = 4 * (len * (len + 1) + 5 * len);
+    let shared = 4 * (len * (len + 1) + 5 * len + len * gate_groups(len));
     supported(out)
         && chunks > 0
         && (1..=GATE_CHUNK).contains(&len)
@@ -234,12 +234,12 @@ fn chunk_axes(chunks: usize) -> [u32; 2] {
     [across as u32, chunks.div_ceil(across) as u32]
 }
 
-/// The grid of the gate kernels: one cube of `len` units per chunk.
+/// The grid of the gate kernels: one cube of `len × gate_groups(len)` units per chunk.
 fn chunk_grid(chunks: usize, len: usize) -> (CubeCount, CubeDim) {
     let [first, second] = chunk_axes(chunks);
     (
         CubeCount::Static(first, second, 1),
-        CubeDim::new_1d(len as u32),
+        CubeDim::new_2d(len as u32, gate_groups(len) as u32),
     )
 }
 
@@ -747,38 +747,44 @@ where
             );
         }
         let q_dtype = q.dtype();
+        let dqk = q.dims()[2];
         let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let scores = prim(scores.cast(DType::F32));
+        let q = rows_prim(q);
+        let width = vector_width(&client, gcd(dqk, row_stride(&q)), q_dtype, DType::F32);
         let rows = if split { 2 * len } else { len };
         let p = empty(&scores, vec![chunks, rows, len], out);
-        let row_max = empty(&scores, vec![chunks, len], DType::F32);
-        let p_sum = empty(&scores, vec![chunks, len], DType::F32);
-        let qn0 = empty(&scores, vec![chunks, len], DType::F32);
+        let row = || empty(&scores, vec![chunks, len], DType::F32);
+        let (row_max, stab, gain, qn) = (row(), row(), row(), row());
         let (count, dim) = chunk_grid(chunks, len);
         gate_matrix_kernel::launch::<R>(
             &client,
             count,
             dim,
+            width,
             scores.into_tensor_arg(),
             f32(log_f).into_tensor_arg(),
             f32(log_i).into_tensor_arg(),
             f32(log_start).into_tensor_arg(),
-            rows_prim(q).into_tensor_arg(),
+            q.into_tensor_arg(),
             f32(n_start).into_tensor_arg(),
             p.clone().into_tensor_arg(),
             row_max.clone().into_tensor_arg(),
-            p_sum.clone().into_tensor_arg(),
-            qn0.clone().into_tensor_arg(),
+            stab.clone().into_tensor_arg(),
+            gain.clone().into_tensor_arg(),
+            qn.clone().into_tensor_arg(),
             scale as f32,
             len,
+            gate_groups(len),
             split,
             [out.into(), q_dtype.into()],
         );
         GateMatrix {
             p: wrap(p),
             row_max: wrap(row_max),
-            p_sum: wrap(p_sum),
-            qn0: wrap(qn0),
+            stab: wrap(stab),
+            gain: wrap(gain),
+            qn: wrap(qn),
         }
     }
 
@@ -820,6 +826,7 @@ where
             cols.clone().into_tensor_arg(),
             scale as f32,
             len,
+            gate_groups(len),
             out.into(),
         );
         (wrap(ds), wrap(rows), wrap(cols))

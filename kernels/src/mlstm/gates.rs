@@ -23,10 +23,13 @@ pub struct GateMatrix<B: Backend> {
     pub p: Tensor<B, 3>,
     /// `max_{s≤t} log D_ts` `[G, L]`, f32.
     pub row_max: Tensor<B, 2>,
-    /// `Σ_s P_ts` `[G, L]` of the unrounded `P`, f32.
-    pub p_sum: Tensor<B, 2>,
-    /// `q_t·n₀` `[G, L]`, f32.
-    pub qn0: Tensor<B, 2>,
+    /// The stabiliser `stab_t = max(max_{s≤t} log D_ts, m₀ + F_t)` `[G, L]`, f32.
+    pub stab: Tensor<B, 2>,
+    /// The start state's factor `g_t = e^{m₀+F_t-stab_t}` `[G, L]`, f32.
+    pub gain: Tensor<B, 2>,
+    /// The normaliser's inner product `Σ_s P_ts + g_t q_t·n₀` `[G, L]` (of the unrounded `P`),
+    /// f32.
+    pub qn: Tensor<B, 2>,
 }
 
 /// `log D [G, L, L]` of `log_f, log_i [G, L]`: `M_EMPTY` above the diagonal.
@@ -60,9 +63,11 @@ pub(crate) fn gate_matrix<B: MlstmBackend>(
     .reshape([g, len]);
     let log_d = log_gate_matrix(log_f, log_i);
     let row_max = log_d.clone().max_dim(2); // [G, L, 1]
-    let stab = row_max.clone().max_pair(log_start.unsqueeze_dim(2));
-    let p = scores * ((log_d - stab).exp() * scale);
-    let p_sum = p.clone().sum_dim(2).squeeze_dim(2);
+    let log_start = log_start.unsqueeze_dim::<3>(2);
+    let stab = row_max.clone().max_pair(log_start.clone());
+    let gain = (log_start - stab.clone()).exp();
+    let p = scores * ((log_d - stab.clone()).exp() * scale);
+    let qn = p.clone().sum_dim(2).squeeze_dim(2) + qn0 * gain.clone().squeeze_dim(2);
     let p_high = p.clone().cast(out);
     let p = if split {
         let p_low = (p - p_high.clone().cast(DType::F32)).cast(out);
@@ -73,8 +78,9 @@ pub(crate) fn gate_matrix<B: MlstmBackend>(
     GateMatrix {
         p,
         row_max: row_max.squeeze_dim(2),
-        p_sum,
-        qn0,
+        stab: stab.squeeze_dim(2),
+        gain: gain.squeeze_dim(2),
+        qn,
     }
 }
 

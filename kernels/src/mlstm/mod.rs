@@ -153,8 +153,8 @@ pub trait MlstmBackend: Backend {
     /// `ĩ`, f32; padding tokens `0` and `M_EMPTY`), `log_start [G, L]` (`m₀ + F_t`, f32), the
     /// queries `q [G, L, DQK]` (any float type) and the chunk-start `n_start [G, DQK]`:
     /// `P = scores · A · scale` in `out` (`[G, 2L, L]` with its rest below where `split`), the row
-    /// maxima of
-    /// `log D`, the row sums of `P` and `q_t·n₀`. The cube backends do it in one pass.
+    /// maxima of `log D`, the stabilisers, the start state's factors and the normaliser's inner
+    /// products `Σ_s P_ts + g_t q_t·n₀` ([`GateMatrix`]). The cube backends do it in one pass.
     #[allow(clippy::too_many_arguments)]
     fn mlstm_gate_matrix(
         scores: Tensor<Self, 3>,
@@ -286,8 +286,10 @@ pub trait MlstmBackend: Backend {
 
     /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k
     /// [B, NH, NC, L, DQK]` and `v [B, NH, NC, L, DV]` of one float type, `log_f` and `log_i`
-    /// `[B, NH, NC, L]` (`log σ(f̃)` and `ĩ`, f32; padding tokens carry `0` and `M_EMPTY`), the chunk-start `c_start [B, NH, NC, DQK, DV]` (the inputs' type),
-    /// `n_start [B, NH, NC, DQK]` and `m_start [B, NH, NC]` (f32). Returns
+    /// `[B, NH, NC, L]` (`log σ(f̃)` and `ĩ`, f32; padding tokens carry `0` and `M_EMPTY`), the
+    /// chunk-start `c_start [B, NH, NC, DQK, DV]` (the inputs' type) and
+    /// `n_start [B, NH, NC, DQK]`, and `log_start [B, NH, NC, L]` (`m₀ + F_t`: the chunk-start
+    /// stabiliser plus the chunk-local sums of `log f`, f32). Returns
     /// `h [B, NH, NC, L, DV]` in the inputs' type. The default is batched products through
     /// [`Self::mlstm_matmul`], [`Self::mlstm_gate_matrix`] and [`Self::mlstm_chunk_combine`]:
     /// the seam for a fused output kernel (docs/kernels.md: one was tried and was slower).
@@ -300,9 +302,9 @@ pub trait MlstmBackend: Backend {
         log_i: Tensor<Self, 4>,
         c_start: Tensor<Self, 5>,
         n_start: Tensor<Self, 4>,
-        m_start: Tensor<Self, 3>,
+        log_start: Tensor<Self, 4>,
     ) -> Tensor<Self, 5> {
-        chunk_matmul::chunk_outputs(q, k, v, log_f, log_i, c_start, n_start, m_start)
+        chunk_matmul::chunk_outputs(q, k, v, log_f, log_i, c_start, n_start, log_start)
     }
 
     /// The outputs of the chunkwise form from its parts, row by row (eq. 21 with the chunk's
