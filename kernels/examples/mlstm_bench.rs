@@ -7,7 +7,9 @@
 //! indices; all by default); `MLSTM_BENCH_REFERENCE=1` also times the tensor-op reference,
 //! which with burn's autotuning spends minutes tuning its many shapes; `MLSTM_BENCH_PRODUCTS=1`
 //! also times the chunkwise schedule's batched products alone at the first shape, per operand
-//! layout; `MLSTM_BENCH_CHUNK=128` sets the chunk size, 64 by default).
+//! layout; `MLSTM_BENCH_CHUNKS=64` sets the chunk sizes of the bf16 chunkwise rows, a comma
+//! list, `64,128` by default: 64 is the official kernels' default, which the peer rows ran
+//! with; every chunk size computes the same function).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -72,7 +74,7 @@ fn run<B: MlstmBackend>(
 ) where
     Autodiff<B>: MlstmBackend,
 {
-    let chunk = chunk_size();
+    let chunks = chunk_sizes();
     let shapes: [([usize; 5], &str, &str); 2] = if quick {
         [
             ([1, 2, 256, 64, 128], "B1 NH2 S256 DQK64 DV128", "-"),
@@ -102,51 +104,54 @@ fn run<B: MlstmBackend>(
         if !shape_wanted(n + 1) {
             continue;
         }
-        // bf16 runs as batched matmuls on tensor cores where the device has them; f32 runs the
-        // fused kernels (exact f32). Both are timed where bf16 exists.
-        let fw_dtypes = if dtype == DType::F32 {
-            vec![(dtype, dname)]
-        } else {
-            vec![(dtype, dname), (DType::F32, "f32")]
-        };
-        for (fw_dtype, fw_name) in fw_dtypes {
-            let x = inputs::<B>(*dims, fw_dtype, dev);
-            let fw = guarded(|| {
-                time::<B>(dev, 10, 1, || {
-                    let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+        for (c, &chunk) in chunks.iter().enumerate() {
+            // bf16 runs as batched matmuls on tensor cores where the device has them; f32 runs
+            // the fused kernels (exact f32, chunks of at most 64), timed at the first chunk size.
+            let fw_dtypes = if dtype == DType::F32 || c > 0 {
+                vec![(dtype, dname)]
+            } else {
+                vec![(dtype, dname), (DType::F32, "f32")]
+            };
+            for (fw_dtype, fw_name) in fw_dtypes {
+                let x = inputs::<B>(*dims, fw_dtype, dev);
+                let fw = guarded(|| {
+                    time::<B>(dev, 10, 1, || {
+                        let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+                    })
+                });
+                println!("{backend} fw {name} {fw_name} chunk {chunk}: {fw:?} ms");
+                rows.push(Row {
+                    backend,
+                    what: format!("fw {name} {fw_name} chunk {chunk}"),
+                    ms: fw,
+                    peer,
+                });
+            }
+
+            let xa = inputs::<B>(*dims, dtype, dev);
+            let xa = MlstmInputs::<Autodiff<B>> {
+                q: Tensor::from_inner(xa.q).require_grad(),
+                k: Tensor::from_inner(xa.k).require_grad(),
+                v: Tensor::from_inner(xa.v).require_grad(),
+                i_preact: Tensor::from_inner(xa.i_preact).require_grad(),
+                f_preact: Tensor::from_inner(xa.f_preact).require_grad(),
+            };
+            // Under autodiff the kernel forward is one node whose backward is TFLA's (f32
+            // state).
+            let fwbw = guarded(|| {
+                time::<B>(dev, 5, 1, || {
+                    let (h, _) = Autodiff::<B>::mlstm_chunkwise(&xa, None, chunk).unwrap();
+                    let _ = h.sum().backward();
                 })
             });
-            println!("{backend} fw {name} {fw_name}: {fw:?} ms");
+            println!("{backend} fw+bw {name} {dname} chunk {chunk}: {fwbw:?} ms");
             rows.push(Row {
                 backend,
-                what: format!("fw {name} {fw_name}"),
-                ms: fw,
-                peer,
+                what: format!("fw+bw {name} {dname} chunk {chunk}"),
+                ms: fwbw,
+                peer: "",
             });
         }
-
-        let xa = inputs::<B>(*dims, dtype, dev);
-        let xa = MlstmInputs::<Autodiff<B>> {
-            q: Tensor::from_inner(xa.q).require_grad(),
-            k: Tensor::from_inner(xa.k).require_grad(),
-            v: Tensor::from_inner(xa.v).require_grad(),
-            i_preact: Tensor::from_inner(xa.i_preact).require_grad(),
-            f_preact: Tensor::from_inner(xa.f_preact).require_grad(),
-        };
-        // Under autodiff the kernel forward is one node whose backward is TFLA's (f32 state).
-        let fwbw = guarded(|| {
-            time::<B>(dev, 5, 1, || {
-                let (h, _) = Autodiff::<B>::mlstm_chunkwise(&xa, None, chunk).unwrap();
-                let _ = h.sum().backward();
-            })
-        });
-        println!("{backend} fw+bw {name} {dname}: {fwbw:?} ms");
-        rows.push(Row {
-            backend,
-            what: format!("fw+bw {name} {dname}"),
-            ms: fwbw,
-            peer: "",
-        });
 
         if n == 0 && reference {
             // The tensor-op reference (xlstm-cells) on the same backend, f32 and bf16 inputs.
@@ -168,7 +173,7 @@ fn run<B: MlstmBackend>(
                 });
                 let r = guarded(|| {
                     time::<B>(dev, 3, 1, || {
-                        let _ = mlstm::chunkwise(&xr, state.clone(), chunk).unwrap();
+                        let _ = mlstm::chunkwise(&xr, state.clone(), chunks[0]).unwrap();
                     })
                 });
                 println!("{backend} reference fw {name} {dtype:?}: {r:?} ms");
@@ -342,12 +347,19 @@ fn listed(var: &str, item: &str) -> bool {
     }
 }
 
-/// The chunk size of the chunkwise runs: `MLSTM_BENCH_CHUNK`, 64 by default.
-fn chunk_size() -> usize {
-    std::env::var("MLSTM_BENCH_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+/// The chunk sizes of the chunkwise runs: `MLSTM_BENCH_CHUNKS` (a comma list), `64,128` by
+/// default.
+fn chunk_sizes() -> Vec<usize> {
+    let list = std::env::var("MLSTM_BENCH_CHUNKS").unwrap_or_else(|_| "64,128".into());
+    let sizes: Vec<usize> = list
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    assert!(
+        !sizes.is_empty() && !sizes.contains(&0),
+        "MLSTM_BENCH_CHUNKS must list chunk sizes of at least 1, got {list:?}"
+    );
+    sizes
 }
 
 fn shape_wanted(index: usize) -> bool {
