@@ -835,36 +835,63 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 );
             });
         }
-        // The backward's first step through the outputs: dh / den in the work type, dh·h.
+        // The backward's first step through the outputs: dh / den in the work type, dqn and the
+        // stabiliser's gradient, on rows where |qn| is above and below the floor e^{-stab}
+        // (and 0), where the stabiliser is the row maximum of log D and where it is m₀ + F_t.
         for &(rows, dv) in &[(1, 1), (9, 3), (17, 6), (100, 130), (64, 512), (3, 1001)] {
             let dh = round_bf16(&r.uniform(rows * dv, -2.0, 2.0));
             let h = round_bf16(&r.uniform(rows * dv, -2.0, 2.0));
-            let den = r.uniform(rows, 0.5, 4.0);
+            let mut qn = r.uniform(rows, -4.0, 4.0);
+            qn[rows / 2] = 0.0;
+            let stab = r.uniform(rows, -1.5, 1.0);
+            let below = r.uniform(rows, -1.0, 1.0);
+            let row_max: Vec<f32> = stab
+                .iter()
+                .zip(&below)
+                .map(|(&m, &d)| if d < 0.0 { m + d } else { m })
+                .collect();
             keep_going(&mut failures, || {
                 let on = |t: Tensor<B, 2>| if is_half { t.cast(dtype) } else { t };
-                let (dnum, dot) = B::mlstm_backward_rows(
+                let got = B::mlstm_backward_rows(
                     on(tensor(&dh, [rows, dv], dev)),
                     on(tensor(&h, [rows, dv], dev)),
-                    tensor(&den, [rows], dev),
+                    tensor(&qn, [rows], dev),
+                    tensor(&stab, [rows], dev),
+                    tensor(&row_max, [rows], dev),
                     dtype,
                 );
-                assert_eq!(dnum.dtype(), dtype, "backward rows: dnum in the work type");
+                assert_eq!(
+                    got.dnum.dtype(),
+                    dtype,
+                    "backward rows: dnum in the work type"
+                );
                 let rd = Default::default();
-                let (want_dnum, want_dot) = Ref::mlstm_backward_rows(
+                let want = Ref::mlstm_backward_rows(
                     tensor(&dh, [rows, dv], &rd),
                     tensor(&h, [rows, dv], &rd),
-                    tensor(&den, [rows], &rd),
+                    tensor(&qn, [rows], &rd),
+                    tensor(&stab, [rows], &rd),
+                    tensor(&row_max, [rows], &rd),
                     DType::F32,
                 );
                 let what = format!("backward rows {dtype:?} [{rows}, {dv}]");
                 let bound = if is_half { 5e-3 } else { 1e-6 };
                 check(
                     &format!("{what} dnum"),
-                    values(dnum),
-                    values(want_dnum),
+                    values(got.dnum),
+                    values(want.dnum),
                     bound,
                 );
-                check(&format!("{what} dot"), values(dot), values(want_dot), 1e-5);
+                let zeros = |v: &[f64]| v.iter().map(|x| *x == 0.0).collect::<Vec<_>>();
+                for (name, got, want) in [
+                    ("dqn", got.dqn, want.dqn),
+                    ("dstab to max", got.dstab_to_max, want.dstab_to_max),
+                    ("dstab to start", got.dstab_to_start, want.dstab_to_start),
+                ] {
+                    let (got, want) = (values(got), values(want));
+                    assert_eq!(zeros(&got), zeros(&want), "{what} {name}: where it is 0");
+                    check(&format!("{what} {name}"), got, want, 1e-5);
+                }
             });
         }
         // Leading dims merged (a view of row-padded tensors on the cube backends) or split,

@@ -196,30 +196,31 @@ fn group_backward<B: MlstmBackend>(
         false,
     );
     let p_w = gates.p.reshape([b, nh, nc, len, len]); // P in the work type
-    let stab = as_rows(gates.stab);
-    // The stabiliser is m₀ + F_t where that exceeds the row maximum of log D.
-    let from_start = stab.clone().greater(as_rows(gates.row_max));
-    let g = as_rows(gates.gain); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-    let qn = as_rows(gates.qn); // Σ_s P_ts + g_t q_t·n₀, n₀ in f32
-    let floor = stab.clone().neg().exp();
-    let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
-    let on_qn = qn.clone().abs().greater_equal(floor);
+    let g = as_rows(gates.gain.clone()); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
 
-    // Back through the outputs: dnum = dh / den and dot_t = dh_t·h_t with the forward's `h`
-    // (so neither `(D∘P) V` nor `Q C₀` is recomputed).
+    // Back through the outputs: dnum = dh / den, dqn and the stabiliser's gradient from
+    // dot_t = dh_t·h_t with the forward's `h` (so neither `(D∘P) V` nor `Q C₀` is recomputed).
     let token_rows = b * nh * nc * len;
     let by_row = |t: Tensor<B, 4>| {
         let dtype = t.dtype();
         B::mlstm_rows(chunks(t, len, dtype), [token_rows, dv])
     };
-    let den_rows = den.clone().reshape([token_rows]);
-    let (dnum_w, dot) = B::mlstm_backward_rows(by_row(dh), by_row(h), den_rows, work);
+    let per_token = |t: Tensor<B, 2>| t.reshape([token_rows]);
+    let OutputRowGrads {
+        dnum: dnum_w,
+        dqn,
+        dstab_to_max,
+        dstab_to_start,
+    } = B::mlstm_backward_rows(
+        by_row(dh),
+        by_row(h),
+        per_token(gates.qn),
+        per_token(gates.stab.clone()),
+        per_token(gates.row_max),
+        work,
+    );
     let dnum_w = dnum_w.reshape([b, nh, nc, len, dv]);
-    let dot = dot.reshape([b, nh, nc, len, 1]);
-    let dqn = (qn.sign() * dot.clone() / den.clone())
-        .neg()
-        .mask_fill(on_qn.bool_not(), 0.0);
-    let dstab = dot.neg() * EPS / den;
+    let dqn = dqn.reshape([b, nh, nc, len, 1]);
     // dS = dP∘A with dP = dnum Vᵀ + dqn 1ᵀ, and the row and column sums of
     // d log D = dP∘P (+ dstab at each row's maximum where the row maximum is the stabiliser).
     let (ds, rows, cols) = B::mlstm_gate_grads(
@@ -227,9 +228,9 @@ fn group_backward<B: MlstmBackend>(
         by_matrix(mm(dnum_w.clone(), v.clone().swap_dims(3, 4), DType::F32)),
         by_chunk_row(log_f),
         by_chunk_row(log_i),
-        from_rows(stab),
+        gates.stab,
         from_rows(dqn.clone()),
-        from_rows(dstab.clone().mask_fill(from_start.clone(), 0.0)),
+        dstab_to_max.reshape([chunk_count, len]),
         scale,
         work,
     );
@@ -276,7 +277,7 @@ fn group_backward<B: MlstmBackend>(
     let dn_intra = dn_intra.expect("asked for").reshape([b, nh, nc, dqk]);
     let dc_intra = mm(gq.swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dlog_start =
-        (dg * g + dstab.mask_fill(from_start.bool_not(), 0.0)).reshape([b, nh, nc, len]);
+        (dg * g + dstab_to_start.reshape([b, nh, nc, len, 1])).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
 
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
@@ -407,16 +408,46 @@ pub(crate) fn sum_rows<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, out: DType)
     (a.cast(DType::F32) + b.cast(DType::F32)).cast(out)
 }
 
+/// The backward's first step through the outputs, per row `t`
+/// ([`MlstmBackend::mlstm_backward_rows`]).
+#[derive(Debug, Clone)]
+pub struct OutputRowGrads<B: Backend> {
+    /// `dnum_t = dh_t / den_t` `[R, DV]`, in the work type.
+    pub dnum: Tensor<B, 2>,
+    /// `dqn_t = -sign(qn_t) (dh_t·h_t) / den_t` where `|qn_t| ≥ e^{-stab_t}`, else 0 `[R]`, f32.
+    pub dqn: Tensor<B, 1>,
+    /// The stabiliser's gradient `-(dh_t·h_t) eps / den_t` where the row maximum of `log D` is
+    /// the stabiliser, else 0 `[R]`, f32.
+    pub dstab_to_max: Tensor<B, 1>,
+    /// The same where `m₀ + F_t` is the stabiliser (it exceeds the row maximum), else 0.
+    pub dstab_to_start: Tensor<B, 1>,
+}
+
 /// The tensor-op form of [`MlstmBackend::mlstm_backward_rows`].
 pub(crate) fn backward_rows<B: Backend>(
     dh: Tensor<B, 2>,
     h: Tensor<B, 2>,
-    den: Tensor<B, 1>,
+    qn: Tensor<B, 1>,
+    stab: Tensor<B, 1>,
+    row_max: Tensor<B, 1>,
     work: DType,
-) -> (Tensor<B, 2>, Tensor<B, 1>) {
+) -> OutputRowGrads<B> {
     let dh = dh.cast(DType::F32);
     let dot = (dh.clone() * h.cast(DType::F32)).sum_dim(1).squeeze_dim(1);
-    ((dh / den.unsqueeze_dim(1)).cast(work), dot)
+    let floor = stab.clone().neg().exp();
+    let den = qn.clone().abs().max_pair(floor.clone()) + EPS;
+    let on_qn = qn.clone().abs().greater_equal(floor);
+    let dqn = (qn.sign() * dot.clone() / den.clone())
+        .neg()
+        .mask_fill(on_qn.bool_not(), 0.0);
+    let dstab = dot.neg() * EPS / den.clone();
+    let from_start = stab.greater(row_max);
+    OutputRowGrads {
+        dnum: (dh / den.unsqueeze_dim(1)).cast(work),
+        dqn,
+        dstab_to_max: dstab.clone().mask_fill(from_start.clone(), 0.0),
+        dstab_to_start: dstab.mask_fill(from_start.bool_not(), 0.0),
+    }
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_gradient_rows`].

@@ -13,6 +13,7 @@ use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
+use super::backward::OutputRowGrads;
 use super::chunk_gates_kernel::chunk_gates_kernel;
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
@@ -652,18 +653,22 @@ where
     fn mlstm_backward_rows(
         dh: Tensor<Self, 2>,
         h: Tensor<Self, 2>,
-        den: Tensor<Self, 1>,
+        qn: Tensor<Self, 1>,
+        stab: Tensor<Self, 1>,
+        row_max: Tensor<Self, 1>,
         work: DType,
-    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+    ) -> OutputRowGrads<Self> {
         let [rows, dv] = dh.dims();
         let dtype = dh.dtype();
         if !supported(dtype) || !supported(work) || rows * dv == 0 {
-            return super::backward::backward_rows(dh, h, den, work);
+            return super::backward::backward_rows(dh, h, qn, stab, row_max, work);
         }
         let h = if h.dtype() == dtype { h } else { h.cast(dtype) };
-        let (dh, h, den) = (rows_prim(dh), rows_prim(h), prim(den.cast(DType::F32)));
+        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
+        let (dh, h) = (rows_prim(dh), rows_prim(h));
         let dnum = empty(&dh, vec![rows, dv], work);
-        let dot = empty(&dh, vec![rows], DType::F32);
+        let row = || empty(&dh, vec![rows], DType::F32);
+        let (dqn, dstab_to_max, dstab_to_start) = (row(), row(), row());
         let client = dh.client.clone();
         let aligned = gcd(gcd(dv, row_stride(&dh)), row_stride(&h));
         let width = vector_width(&client, aligned, dtype, work);
@@ -675,12 +680,22 @@ where
             width,
             dh.into_tensor_arg(),
             h.into_tensor_arg(),
-            den.into_tensor_arg(),
+            f32_row(qn).into_tensor_arg(),
+            f32_row(stab).into_tensor_arg(),
+            f32_row(row_max).into_tensor_arg(),
             dnum.clone().into_tensor_arg(),
-            dot.clone().into_tensor_arg(),
+            dqn.clone().into_tensor_arg(),
+            dstab_to_max.clone().into_tensor_arg(),
+            dstab_to_start.clone().into_tensor_arg(),
+            EPS as f32,
             [dtype.into(), work.into()],
         );
-        (wrap(dnum), wrap(dot))
+        OutputRowGrads {
+            dnum: wrap(dnum),
+            dqn: wrap(dqn),
+            dstab_to_max: wrap(dstab_to_max),
+            dstab_to_start: wrap(dstab_to_start),
+        }
     }
 
     fn mlstm_gradient_rows(

@@ -32,6 +32,7 @@ mod scan_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
+pub use backward::OutputRowGrads;
 pub use chunk_matmul::chunkwise_matmul;
 pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
@@ -117,16 +118,21 @@ pub trait MlstmBackend: Backend {
         backward::chunkwise_backward(x, state, chunk_size, h, states, dh, dstate, work)
     }
 
-    /// The backward's first step through the outputs, row by row: `dnum = dh / den` in `work`
-    /// and `dot = dh·h` (f32), from `dh, h [R, DV]` (one float type each) and `den [R]` (f32).
-    /// The cube backends do it in one pass.
+    /// The backward's first step through the outputs, row by row ([`OutputRowGrads`]), from
+    /// `dh, h [R, DV]` (one float type each) and, f32 `[R]`, the normaliser's inner products
+    /// `qn`, the stabilisers `stab` and the row maxima of `log D` `row_max`: with
+    /// `den = max(|qn|, e^{-stab}) + eps` and `dot = dh·h`, `dnum = dh / den` in `work`, `dqn`
+    /// and the stabiliser's gradient `-dot·eps/den`, sent to the row maximum or to `m₀ + F_t`,
+    /// whichever is the stabiliser. The cube backends do it in one pass.
     fn mlstm_backward_rows(
         dh: Tensor<Self, 2>,
         h: Tensor<Self, 2>,
-        den: Tensor<Self, 1>,
+        qn: Tensor<Self, 1>,
+        stab: Tensor<Self, 1>,
+        row_max: Tensor<Self, 1>,
         work: DType,
-    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
-        backward::backward_rows(dh, h, den, work)
+    ) -> OutputRowGrads<Self> {
+        backward::backward_rows(dh, h, qn, stab, row_max, work)
     }
 
     /// The backward's last step for `dq` and `dk`, row by row: with `u = b + s ⊗ c` (row `r`

@@ -1,7 +1,8 @@
 //! Row-wise steps of the chunkwise backward (`backward.rs`), fused: each reads its rows once,
 //! writes them once and sums one inner product per row.
-//! - `backward_rows_kernel`, the first step through the outputs: `dnum_t = dh_t / den_t` (in
-//!   the backward's work type) and `dot_t = dh_t·h_t` (f32);
+//! - `backward_rows_kernel`, the first step through the outputs: `den_t` from `qn_t` and
+//!   `stab_t`, `dnum_t = dh_t / den_t` (in the backward's work type), `dot_t = dh_t·h_t` and from
+//!   it `dqn_t` and the stabiliser's gradient (f32);
 //! - `gradient_rows_kernel`, the last step of `dq` and `dk`: the intra-chunk product plus the
 //!   chunk-boundary state's term, scaled and cast, and the term's inner product with `q` or `k`
 //!   (the gate gradients need it);
@@ -18,15 +19,25 @@ pub(crate) const ROW_UNITS: usize = 32;
 pub(crate) const ROWS_PER_CUBE: usize = 8;
 
 /// `ROW_UNITS` units per row of `dh, h [R, DV]` (`DV` a multiple of `W`), `ROWS_PER_CUBE` rows
-/// per cube; each unit strides over its row's vectors. `dh` and `h` are row-major with rows
-/// possibly padded (their row strides multiples of `W`); the outputs contiguous.
+/// per cube; each unit strides over its row's vectors. With `den = max(|qn|, e^{-stab}) + eps`
+/// and `dot = dh·h`: `dnum = dh / den`, `dqn = -sign(qn) dot / den` where `|qn| ≥ e^{-stab}`
+/// (else 0) and `-dot·eps/den` into `dstab_to_max` where `stab` is the row maximum of `log D`
+/// (not above `row_max`), else into `dstab_to_start` (each 0 where the other takes it), in the
+/// order of operations of the tensor-op form. `dh` and `h` are row-major with rows possibly
+/// padded (their row strides multiples of `W`); the other tensors contiguous.
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
-    dh: &Tensor<Vector<F, W>>,       // [R, DV]
-    h: &Tensor<Vector<F, W>>,        // [R, DV]
-    den: &Tensor<f32>,               // [R]
-    dnum: &mut Tensor<Vector<O, W>>, // [R, DV]
-    dot: &mut Tensor<f32>,           // [R]
+    dh: &Tensor<Vector<F, W>>,        // [R, DV]
+    h: &Tensor<Vector<F, W>>,         // [R, DV]
+    qn: &Tensor<f32>,                 // [R]
+    stab: &Tensor<f32>,               // [R]
+    row_max: &Tensor<f32>,            // [R]
+    dnum: &mut Tensor<Vector<O, W>>,  // [R, DV]
+    dqn: &mut Tensor<f32>,            // [R]
+    dstab_to_max: &mut Tensor<f32>,   // [R]
+    dstab_to_start: &mut Tensor<f32>, // [R]
+    eps: f32,
     #[define(F, O)] _dtypes: [StorageType; 2],
 ) {
     let width = dh.vector_size();
@@ -36,8 +47,14 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
     let lane = UNIT_POS as usize % ROW_UNITS;
 
     let mut sum = Vector::<f32, W>::new(0.0);
+    let mut den = 1.0f32;
+    let mut floor = 0.0f32;
+    let mut q_n = 0.0f32;
     if row < rows {
-        let scale = Vector::<f32, W>::new(1.0 / den[row]);
+        q_n = qn[row];
+        floor = (f32::new(0.0) - stab[row]).exp();
+        den = q_n.abs().max(floor) + eps;
+        let scale = Vector::<f32, W>::new(1.0 / den);
         let base = row * vectors;
         let dh_base = row * (dh.stride(0) / width);
         let h_base = row * (h.stride(0) / width);
@@ -50,9 +67,30 @@ pub(crate) fn backward_rows_kernel<F: Float, O: Float, W: Size>(
         }
     }
 
-    let total = sum_over_row(f32::cast_from(sum.vector_sum()));
+    let dot = sum_over_row(f32::cast_from(sum.vector_sum()));
     if lane == 0 && row < rows {
-        dot[row] = total;
+        let mut sign = 0.0f32;
+        if q_n > 0.0 {
+            sign = 1.0;
+        }
+        if q_n < 0.0 {
+            sign = -1.0;
+        }
+        let mut d_qn = 0.0f32;
+        if q_n.abs() >= floor {
+            d_qn = f32::new(0.0) - sign * dot / den;
+        }
+        dqn[row] = d_qn;
+        let d_stab = (f32::new(0.0) - dot) * eps / den;
+        let from_start = stab[row] > row_max[row];
+        let mut to_max = d_stab;
+        let mut to_start = 0.0f32;
+        if from_start {
+            to_max = 0.0;
+            to_start = d_stab;
+        }
+        dstab_to_max[row] = to_max;
+        dstab_to_start[row] = to_start;
     }
 }
 
