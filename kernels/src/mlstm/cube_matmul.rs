@@ -12,8 +12,8 @@
 //! once, then timed round-robin as the fastest of [`TIMED_RUNS`] synced runs: one run each, or
 //! one tiling after another, chose differently from process to process at B32 NH4 S2048 D192,
 //! while the clocks ramp up from idle) and keeps the fastest for that shape; small products take
-//! the first tiling that launches. A tiling a device lacks (TMA needs Hopper or later) fails to
-//! launch and is skipped; burn's default is last, so every device runs the products.
+//! the first tiling that launches. The TMA tilings are tried only where the runtime lists TMA
+//! (CUDA on Hopper or later); burn's default is last, so every device runs the products.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +23,7 @@ use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::future::block_on;
+use cubecl::ir::features::Tma;
 use cubek::matmul::components::tile::TileMatmulKind;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::{launch_ref, Strategy};
@@ -60,6 +61,11 @@ const TIMED_WORK: usize = 1 << 32;
 const TIMED_RUNS: usize = 3;
 
 impl Tiling {
+    /// Whether the tiling loads through the Tensor Memory Accelerator (Hopper or later, CUDA).
+    fn uses_tma(self) -> bool {
+        self != Tiling::Default
+    }
+
     fn strategy(self) -> Strategy {
         let simple = |tile_matmul, multi_rows| {
             BlueprintStrategy::Inferred(SimpleArgs {
@@ -126,9 +132,12 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
         }
     }
     let timed = batch * m * n * k >= TIMED_WORK;
+    // The TMA tilings only where the runtime lists TMA: elsewhere (SPIR-V on Vulkan) their
+    // launch succeeds and the kernel then fails to compile, leaving the product unwritten.
+    let tma = lhs.client.properties().features.tma.contains(Tma::Base);
     // Every tiling that launches (this compiles it); small products keep the first.
     let mut launched = vec![];
-    for tiling in TILINGS {
+    for tiling in TILINGS.into_iter().filter(|t| tma || !t.uses_tma()) {
         if launch(tiling, lhs, rhs, product) {
             launched.push(tiling);
             if !timed {
