@@ -215,6 +215,10 @@ fn chunkwise_node<B: MlstmBackend, C: CheckpointStrategy>(
 /// the backward of `B::mlstm_chunkwise_backward` where `B::CHUNKWISE_NODE` (the cube
 /// backends), else the tensor-op reference, whose backward autodiff derives.
 impl<B: MlstmBackend, C: CheckpointStrategy> MlstmBackend for Autodiff<B, C> {
+    fn mlstm_max_buffer_bytes(device: &Self::Device) -> usize {
+        B::mlstm_max_buffer_bytes(device)
+    }
+
     fn mlstm_chunkwise(
         x: &MlstmInputs<Self>,
         state: Option<MlstmState<Self>>,

@@ -78,7 +78,9 @@ pub(crate) fn chunkwise_backward<B: MlstmBackend>(
     let states = states
         .filter(|kept| kept.c_start.dims()[2] == s.div_ceil(len) && kept.c_start.dtype() == work);
     let per_entry = nh * (s.div_ceil(len) + 1) * dqk * dv * work.size();
-    let groups = batch_groups(b, per_entry, states_bytes(work));
+    // Each state stack (in the work type) under the device's largest buffer too.
+    let largest = B::mlstm_max_buffer_bytes(&x.q.device());
+    let groups = batch_groups(b, per_entry, states_bytes(work).min(largest));
     if groups.len() == 1 {
         return group_backward(x, state, len, h, states, dh, dstate, work);
     }

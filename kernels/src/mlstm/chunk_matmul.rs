@@ -54,8 +54,11 @@ pub(crate) fn chunkwise_matmul_keeping_states<B: MlstmBackend>(
     }
     let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
     let len = chunk_size.min(s);
-    let per_entry = 2 * nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
-    let groups = batch_groups(b, per_entry, STATES_BYTES);
+    // Two stacks per entry (the `Kᵀ V` increments and the states), each under the device's
+    // largest buffer.
+    let stack = nh * s.div_ceil(len) * dqk * dv * x.q.dtype().size();
+    let bound = STATES_BYTES.min(B::mlstm_max_buffer_bytes(&x.q.device()).saturating_mul(2));
+    let groups = batch_groups(b, 2 * stack, bound);
     if groups.len() == 1 {
         let (h, end, kept) = group_forward(x, state, len);
         return Ok((h, end, Some(kept)));

@@ -306,6 +306,11 @@ where
 {
     const CHUNKWISE_NODE: bool = true;
 
+    fn mlstm_max_buffer_bytes(device: &Self::Device) -> usize {
+        let client = R::client(device);
+        usize::try_from(client.properties().memory.max_page_size).unwrap_or(usize::MAX)
+    }
+
     fn mlstm_chunkwise(
         x: &MlstmInputs<Self>,
         state: Option<MlstmState<Self>>,

@@ -79,6 +79,14 @@ pub trait MlstmBackend: Backend {
     /// whose forward is a kernel), rather than differentiating the reference's tensor ops.
     const CHUNKWISE_NODE: bool = false;
 
+    /// The largest buffer the device allocates, in bytes: the chunkwise schedules split the
+    /// batch so that no chunk-state stack exceeds it. Unbounded by default; the cube backends
+    /// report their runtime's (wgpu: the storage-binding limit, under 2 GiB on the H200's
+    /// Vulkan driver, where a 2 GiB stack failed to allocate).
+    fn mlstm_max_buffer_bytes(_device: &Self::Device) -> usize {
+        usize::MAX
+    }
+
     /// Chunkwise form over a sequence: `h [B, NH, S, DV]` and the final state.
     fn mlstm_chunkwise(
         x: &MlstmInputs<Self>,
