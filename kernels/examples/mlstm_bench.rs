@@ -94,9 +94,12 @@ fn run<B: MlstmBackend>(
             ),
         ]
     };
-    // WGSL has no bf16: there the kernels run on f32 inputs.
+    // The half type of the device (WGSL has none: there the kernels run on f32 inputs; SPIR-V
+    // on Vulkan has f16, with cooperative matrices where the driver has them).
     let (dtype, dname) = if B::supports_dtype(dev, DType::BF16) {
         (DType::BF16, "bf16")
+    } else if B::supports_dtype(dev, DType::F16) {
+        (DType::F16, "f16")
     } else {
         (DType::F32, "f32")
     };
@@ -380,13 +383,12 @@ fn main() {
     }
     #[cfg(feature = "wgpu")]
     if wanted("wgpu") {
-        run::<burn::backend::Wgpu>(
-            "Vulkan(wgpu)",
-            &Default::default(),
-            quick,
-            reference,
-            &mut rows,
-        );
+        let backend = if cfg!(feature = "vulkan") {
+            "Vulkan(SPIR-V)"
+        } else {
+            "Vulkan(wgpu)"
+        };
+        run::<burn::backend::Wgpu>(backend, &Default::default(), quick, reference, &mut rows);
     }
     println!("\n| backend | case | ms (median) | peer (H200) |\n| --- | --- | --- | --- |");
     for r in rows {
