@@ -198,7 +198,7 @@ fn group_backward<B: MlstmBackend>(
         false,
     );
     let p_w = gates.p.reshape([b, nh, nc, len, len]); // P in the work type
-    let g = as_rows(gates.gain.clone()); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
+    let g = as_rows(gates.gain); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
 
     // Back through the outputs: dnum = dh / den, dqn and the stabiliser's gradient from
     // dot_t = dh_t·h_t with the forward's `h` (so neither `(D∘P) V` nor `Q C₀` is recomputed).
