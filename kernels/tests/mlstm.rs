@@ -1369,6 +1369,9 @@ fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
             ([2, 2, 3], 24, 16, 40, true, false),
             ([1, 2, 2], 20, 16, 20, false, true),
             ([2, 1, 1], 64, 32, 1, false, false),
+            ([3, 5, 7], 128, 64, 192, false, false),
+            ([2, 3, 5], 130, 33, 70, true, false),
+            ([1, 2, 3], 70, 64, 130, false, true),
         ] {
             let [b, nh, nc] = batch;
             let lhs = round_bf16(&r.uniform(b * nh * nc * m * k, -1.0, 1.0));
@@ -1378,7 +1381,7 @@ fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
                 [lhs, rhs]: [&[f32]; 2],
                 [b, nh, nc, m, k, n]: [usize; 6],
                 [lhs_t, rhs_t]: [bool; 2],
-                dtype: DType,
+                [dtype, out]: [DType; 2],
             ) -> Vec<f64> {
                 // A transposed operand is stored [.., cols, rows] and read through swap_dims.
                 let operand = |v: &[f32], rows: usize, cols: usize, t: bool| {
@@ -1389,23 +1392,29 @@ fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
                     };
                     x.cast(dtype)
                 };
-                let out = C::mlstm_matmul(
-                    operand(lhs, m, k, lhs_t),
-                    operand(rhs, k, n, rhs_t),
-                    DType::F32,
-                );
+                let out =
+                    C::mlstm_matmul(operand(lhs, m, k, lhs_t), operand(rhs, k, n, rhs_t), out);
                 values(out)
             }
             let dims = [b, nh, nc, m, k, n];
-            keep_going(&mut failures, || {
-                let got = product::<B>(dev, [&lhs, &rhs], dims, [lhs_t, rhs_t], dtype);
-                let rd = Default::default();
-                let want = product::<Ref>(&rd, [&lhs, &rhs], dims, [lhs_t, rhs_t], DType::F32);
-                let what = format!(
-                    "matmul {dtype:?} batch {batch:?} {m}×{k}×{n} transposed {lhs_t}/{rhs_t}"
-                );
-                check(&what, got, want, 1e-5);
-            });
+            // f32 results, and half-type results (one rounding: 2⁻⁹ relative for bf16).
+            let mut outs = vec![(DType::F32, 1e-5)];
+            if dtype != DType::F32 {
+                outs.push((dtype, 8e-3));
+            }
+            for (out, bound) in outs {
+                keep_going(&mut failures, || {
+                    let got = product::<B>(dev, [&lhs, &rhs], dims, [lhs_t, rhs_t], [dtype, out]);
+                    let rd = Default::default();
+                    let types = [DType::F32; 2];
+                    let want = product::<Ref>(&rd, [&lhs, &rhs], dims, [lhs_t, rhs_t], types);
+                    let what = format!(
+                        "matmul {dtype:?} -> {out:?} batch {batch:?} {m}×{k}×{n} transposed \
+                         {lhs_t}/{rhs_t}"
+                    );
+                    check(&what, got, want, bound);
+                });
+            }
         }
     }
     report(failures);

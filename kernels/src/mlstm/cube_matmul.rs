@@ -14,6 +14,13 @@
 //! while the clocks ramp up from idle) and keeps the fastest for that shape; small products take
 //! the first tiling that launches. The TMA tilings are tried only where the runtime lists TMA
 //! (CUDA on Hopper or later); burn's default is last, so every device runs the products.
+//!
+//! Two switches for tuning and testing: `XLSTM_MATMUL_LOG` prints every timed choice (each
+//! tiling's time), `XLSTM_MATMUL_TILING=i` makes every product take `TILINGS[i]`, so that the
+//! tests, whose products are too small to be timed, can check each tiling the timed choice may
+//! pick at scale. What else was tried (session 12, docs/kernels.md): fixed cubek blocks sized
+//! for 192-wide products, and a kernel of our own for the one-chunk products; neither beat the
+//! specialized TMA tiling.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,6 +64,12 @@ const TILINGS: [Tiling; 5] = [
 
 /// Products with fewer multiply-adds than this take the first tiling that launches, untimed.
 const TIMED_WORK: usize = 1 << 32;
+/// Set, the timed choice of each product prints every tiling's time to stderr (for tuning).
+const LOG_VAR: &str = "XLSTM_MATMUL_LOG";
+/// Set to an index into [`TILINGS`], every product takes that tiling, or fails over to f32
+/// tensor ops where it does not launch (for testing each tiling at small shapes, where the
+/// first that launches is used otherwise).
+const FORCE_VAR: &str = "XLSTM_MATMUL_TILING";
 /// Runs per timed tiling (the fastest counts).
 const TIMED_RUNS: usize = 3;
 
@@ -109,6 +122,9 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
     rhs: &CubeTensor<R>,
     product: &CubeTensor<R>,
 ) -> bool {
+    if let Some(tiling) = forced_tiling() {
+        return launch(tiling, lhs, rhs, product);
+    }
     let shape = lhs.meta.shape();
     let rank = shape.num_dims();
     let (m, k) = (shape[rank - 2], shape[rank - 1]);
@@ -166,6 +182,19 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
     let Some((&tiling, _)) = best else {
         return false;
     };
+    if timed && std::env::var_os(LOG_VAR).is_some() {
+        let times: Vec<String> = launched
+            .iter()
+            .zip(&fastest)
+            .map(|(t, s)| format!("{t:?} {:.3} ms", s * 1e3))
+            .collect();
+        eprintln!(
+            "matmul {batch} x [{m} x {k}] @ [{k} x {n}] {:?} -> {:?}: {}; chose {tiling:?}",
+            key.dtypes[0],
+            key.dtypes[1],
+            times.join(", ")
+        );
+    }
     CHOSEN
         .lock()
         .expect("tiling table")
@@ -173,6 +202,12 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
         .insert(key, tiling);
     // The product of the last tiling run is in `product`; the chosen one writes it again.
     launched.len() == 1 || launch(tiling, lhs, rhs, product)
+}
+
+/// The tiling that [`FORCE_VAR`] names, if any.
+fn forced_tiling() -> Option<Tiling> {
+    let index = std::env::var(FORCE_VAR).ok()?.parse::<usize>().ok()?;
+    TILINGS.get(index).copied()
 }
 
 /// `lhs [.., m, k] @ rhs [.., k, n]` of f32 operands in exact f32 arithmetic, written into
