@@ -30,8 +30,7 @@ use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::future::block_on;
-use cubecl::ir::features::{MmaConfig, Tma};
-use cubecl::prelude::*;
+use cubecl::ir::features::Tma;
 use cubek::matmul::components::tile::TileMatmulKind;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::{launch_ref, Strategy};
@@ -40,14 +39,9 @@ use cubek::matmul::routines::specialized::SpecializedStrategy;
 use cubek::matmul::routines::BlueprintStrategy;
 use cubek::std::InputBinding;
 
-use super::short_product_kernel::{short_product_kernel, BLOCK, MAX_DEPTH, PLANES};
-
-/// The candidate tilings (cubek strategies, and our kernel for short inner dims), in the order
-/// tried.
+/// The candidate tilings (cubek strategies), in the order tried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tiling {
-    /// `short_product_kernel.rs`: small cubes for an inner dim of at most 64 (one chunk).
-    ShortProduct,
     /// TMA loads, one stage, `mma` tiles over several rows per plane.
     SimpleTmaMmaRows,
     /// TMA loads, one stage, `cmma` tiles.
@@ -60,8 +54,7 @@ enum Tiling {
     Default,
 }
 
-const TILINGS: [Tiling; 6] = [
-    Tiling::ShortProduct,
+const TILINGS: [Tiling; 5] = [
     Tiling::SimpleTmaMmaRows,
     Tiling::SimpleTmaCmma,
     Tiling::SpecializedTmaMma,
@@ -83,7 +76,7 @@ const TIMED_RUNS: usize = 3;
 impl Tiling {
     /// Whether the tiling loads through the Tensor Memory Accelerator (Hopper or later, CUDA).
     fn uses_tma(self) -> bool {
-        !matches!(self, Tiling::Default | Tiling::ShortProduct)
+        self != Tiling::Default
     }
 
     fn strategy(self) -> Strategy {
@@ -104,7 +97,7 @@ impl Tiling {
             Tiling::SpecializedTmaCmma => {
                 Strategy::SpecializedTmaCmma(specialized(TileMatmulKind::Cmma))
             }
-            Tiling::Default | Tiling::ShortProduct => Strategy::Auto,
+            Tiling::Default => Strategy::Auto,
         }
     }
 }
@@ -236,59 +229,7 @@ fn launch<R: CubeRuntime>(
     rhs: &CubeTensor<R>,
     product: &CubeTensor<R>,
 ) -> bool {
-    if tiling == Tiling::ShortProduct {
-        return short_product(lhs, rhs, product);
-    }
     launch_strategy(&tiling.strategy(), lhs, rhs, product)
-}
-
-/// [`short_product_kernel`] for `lhs [Z1, Z2, Z3, m, k] @ rhs [.., k, n]`; `false` where `k`
-/// exceeds [`MAX_DEPTH`], the rank is not 5 or the device has no 16 × 16 × 16 `cmma` for the
-/// operands' type.
-fn short_product<R: CubeRuntime>(
-    lhs: &CubeTensor<R>,
-    rhs: &CubeTensor<R>,
-    product: &CubeTensor<R>,
-) -> bool {
-    let shape = lhs.meta.shape();
-    if shape.num_dims() != 5 || shape[4] > MAX_DEPTH {
-        return false;
-    }
-    let client = &lhs.client;
-    let elem: StorageType = lhs.dtype.into();
-    let fragment = MmaConfig {
-        a_type: elem,
-        b_type: elem,
-        cd_type: f32::as_type_native_unchecked().storage_type(),
-        m: 16,
-        n: 16,
-        k: 16,
-    };
-    if !client.properties().features.matmul.cmma.contains(&fragment) {
-        return false;
-    }
-    let (m, k, n) = (shape[3], shape[4], rhs.meta.shape()[4]);
-    let batch = shape[0] * shape[1] * shape[2];
-    let blocks = m.div_ceil(BLOCK) * n.div_ceil(BLOCK);
-    let rows = batch.min(u16::MAX as usize);
-    let count = CubeCount::Static(blocks as u32, rows as u32, batch.div_ceil(rows) as u32);
-    // Safety: every access is within the tensors (loads and stores guarded by `m`, `n`, `k`;
-    // the leading index clamped to the batch).
-    unsafe {
-        short_product_kernel::launch_unchecked::<R>(
-            client,
-            count,
-            CubeDim::new_1d((32 * PLANES) as u32),
-            lhs.clone().into_tensor_arg(),
-            rhs.clone().into_tensor_arg(),
-            product.clone().into_tensor_arg(),
-            k.next_multiple_of(16),
-            lhs.meta.strides()[3] == 1,
-            rhs.meta.strides()[4] == 1,
-            [lhs.dtype.into(), product.dtype.into()],
-        )
-    };
-    true
 }
 
 /// Launches cubek's `strategy` for the product; `false` where it does not take these operands.

@@ -30,8 +30,6 @@ mod rows_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
 #[cfg(feature = "cube")]
-mod short_product_kernel;
-#[cfg(feature = "cube")]
 mod step_kernel;
 
 pub use backward::OutputRowGrads;
