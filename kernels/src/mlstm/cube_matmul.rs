@@ -23,7 +23,7 @@
 //! specialized TMA tiling.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use burn::tensor::DType;
@@ -204,10 +204,14 @@ pub(crate) fn batched_matmul<R: CubeRuntime>(
     launched.len() == 1 || launch(tiling, lhs, rhs, product)
 }
 
-/// The tiling that [`FORCE_VAR`] names, if any.
+/// The tiling that [`FORCE_VAR`] names, if any (read once per process, as the half-schedule
+/// switch in `cube.rs`: every product asks).
 fn forced_tiling() -> Option<Tiling> {
-    let index = std::env::var(FORCE_VAR).ok()?.parse::<usize>().ok()?;
-    TILINGS.get(index).copied()
+    static FORCED: OnceLock<Option<Tiling>> = OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let index = std::env::var(FORCE_VAR).ok()?.parse::<usize>().ok()?;
+        TILINGS.get(index).copied()
+    })
 }
 
 /// `lhs [.., m, k] @ rhs [.., k, n]` of f32 operands in exact f32 arithmetic, written into
