@@ -804,7 +804,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                         combine::<Ref>(&Default::default(), parts, dims, [DType::F32, DType::F32]);
                     let bound = if is_half { 5e-3 } else { 1e-6 };
                     let what = format!("combine {dtype:?} sums {sums:?} {dims:?}");
-                    check(&what, got, want, bound);
+                    check(&what, got, want.clone(), bound);
                 });
             }
         }
@@ -1397,6 +1397,9 @@ fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
                 values(out)
             }
             let dims = [b, nh, nc, m, k, n];
+            let rd = Default::default();
+            let types = [DType::F32; 2];
+            let want = product::<Ref>(&rd, [&lhs, &rhs], dims, [lhs_t, rhs_t], types);
             // f32 results, and half-type results (one rounding: 2⁻⁹ relative for bf16).
             let mut outs = vec![(DType::F32, 1e-5)];
             if dtype != DType::F32 {
@@ -1405,14 +1408,11 @@ fn matmul_products<B: MlstmBackend>(dev: &B::Device) {
             for (out, bound) in outs {
                 keep_going(&mut failures, || {
                     let got = product::<B>(dev, [&lhs, &rhs], dims, [lhs_t, rhs_t], [dtype, out]);
-                    let rd = Default::default();
-                    let types = [DType::F32; 2];
-                    let want = product::<Ref>(&rd, [&lhs, &rhs], dims, [lhs_t, rhs_t], types);
                     let what = format!(
                         "matmul {dtype:?} -> {out:?} batch {batch:?} {m}×{k}×{n} transposed \
                          {lhs_t}/{rhs_t}"
                     );
-                    check(&what, got, want, bound);
+                    check(&what, got, want.clone(), bound);
                 });
             }
         }
