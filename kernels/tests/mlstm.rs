@@ -176,6 +176,10 @@ fn check(what: &str, got: Vec<f64>, want: Vec<f64>, bound: f64) {
         "{what}: non-finite output"
     );
     let err = rel_l2(&got, &want);
+    // `XLSTM_TEST_ERRORS=1` prints every error with its bound (margins, on a GPU run).
+    if std::env::var("XLSTM_TEST_ERRORS").is_ok_and(|v| v == "1") {
+        println!("error {what}: {err:.3e} (bound {bound:.0e})");
+    }
     assert!(
         err <= bound,
         "{what}: relative L2 error {err:e} > {bound:e}"
@@ -1264,6 +1268,10 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             (1, 2, 3, 32, 64, 144),
             (1, 1, 2, 64, 256, 512),
             (2, 1, 2, 20, 24, 40),
+            // Odd chunks over several steps, vector widths 4 and 2, a chunk of 128 tokens.
+            (2, 3, 5, 33, 18, 36),
+            (1, 2, 2, 7, 40, 24),
+            (1, 1, 3, 128, 64, 72),
         ] {
             let g = b * nh;
             let what = format!("{dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");

@@ -26,6 +26,9 @@ use super::rows_kernel::{
     COLUMN_UNITS, ROWS_PER_CUBE, ROW_UNITS,
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
+use super::state_mma_kernel::{
+    chunk_states_mma_kernel, shared_bytes, PLANE, STATE_PLANES, STATE_TILE,
+};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::{ChunkGates, ChunkStates, MlstmBackend};
 
@@ -297,6 +300,112 @@ fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool
         .any(|mma| mma.a_type == elem && mma.b_type == elem)
 }
 
+/// Whether `XLSTM_MLSTM_FUSED_STATES=1` asks for the fused state kernel (`state_mma_kernel.rs`)
+/// where the device takes it. Off by default: it is 1.3x faster at the first benchmark shape's
+/// forward, but one bf16 gradient case (m₀'s, a near-cancelling sum) goes from 8.9e-3 to 2.1e-2
+/// of relative error with it, over the 2e-2 bound (docs/kernels.md, session 13).
+fn fused_states_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("XLSTM_MLSTM_FUSED_STATES").is_ok_and(|v| v == "1"))
+}
+
+/// Largest shared memory a kernel may declare statically (CUDA's limit without opt-in).
+const STATIC_SHARED_BYTES: usize = 48 << 10;
+
+/// The chunk-boundary states of [`MlstmBackend::mlstm_chunk_states`] in one kernel on the
+/// device's `mma` (`state_mma_kernel.rs`), where it takes them: half-type operands that the
+/// runtime multiplies with `mma` m16n8k16 into f32 and moves with `ldmatrix`/`stmatrix` (CUDA
+/// from sm_90), planes of 32 units, the cube's tiles in
+/// shared memory, the batch entries and heads within one grid axis, and a vector width that
+/// divides the rows and their strides; and only when asked for ([`fused_states_on`]). `None`
+/// otherwise (the caller runs the products and the scan).
+#[allow(clippy::type_complexity)]
+fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    k_w: &Tensor<Cube<R, F, I, BT>, 5>,
+    v: &Tensor<Cube<R, F, I, BT>, 5>,
+    decay: &Tensor<Cube<R, F, I, BT>, 3>,
+    c0: &Tensor<Cube<R, F, I, BT>, 4>,
+) -> Option<(Tensor<Cube<R, F, I, BT>, 5>, Tensor<Cube<R, F, I, BT>, 4>)> {
+    let dtype = k_w.dtype();
+    let [b, nh, nc, len, dqk] = k_w.dims();
+    let dv = v.dims()[4];
+    if !fused_states_on()
+        || !matches!(dtype, DType::BF16 | DType::F16)
+        || v.dtype() != dtype
+        || b * nh * nc * len * dqk * dv == 0
+        || b * nh > usize::from(u16::MAX)
+    {
+        return None;
+    }
+    let k_p = rows_prim(k_w.clone());
+    let v_p = rows_prim(v.clone());
+    let client = k_p.client.clone();
+    let props = client.properties();
+    let elem: StorageType = dtype.into();
+    let acc: StorageType = DType::F32.into();
+    let has_mma = props.features.matmul.mma.iter().any(|mma| {
+        mma.a_type == elem
+            && mma.b_type == elem
+            && mma.cd_type == acc
+            && (mma.m, mma.n, mma.k) == (16, 8, 16)
+    });
+    let matrices = &props.features.matmul;
+    let shared = shared_bytes(len, dtype.size());
+    if !has_mma
+        || !matrices.ldmatrix.contains(&elem)
+        || !matrices.stmatrix.contains(&elem)
+        || props.hardware.plane_size_min != PLANE as u32
+        || props.hardware.plane_size_max != PLANE as u32
+        || shared
+            > props
+                .hardware
+                .max_shared_memory_size
+                .min(STATIC_SHARED_BYTES)
+    {
+        return None;
+    }
+    let widest = client
+        .io_optimized_vector_sizes(dtype.size())
+        .max()
+        .unwrap_or(1);
+    let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
+    let divides = |w: usize| {
+        [row_stride(&k_p), row_stride(&v_p), dqk, dv]
+            .iter()
+            .all(|x| x.is_multiple_of(w))
+    };
+    let width = [8, 4, 2, 1]
+        .into_iter()
+        .find(|&w| w <= widest && divides(w))?;
+    if !unit_last(&k_p) || !unit_last(&v_p) {
+        return None;
+    }
+    let decay = prim(decay.clone());
+    let c0 = prim(c0.clone());
+    let c_start = empty(&k_p, vec![b, nh, nc, dqk, dv], dtype);
+    let c_end = empty(&k_p, vec![b, nh, dqk, dv], DType::F32);
+    let tiles = dqk.div_ceil(STATE_TILE) * dv.div_ceil(STATE_TILE);
+    // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
+    // indices stay within the tiles it declares.
+    unsafe {
+        chunk_states_mma_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(tiles as u32, (b * nh) as u32, 1),
+            CubeDim::new_2d(PLANE as u32, STATE_PLANES as u32),
+            width,
+            k_p.into_tensor_arg(),
+            v_p.into_tensor_arg(),
+            decay.into_tensor_arg(),
+            c0.into_tensor_arg(),
+            c_start.clone().into_tensor_arg(),
+            c_end.clone().into_tensor_arg(),
+            len,
+            elem,
+        );
+    }
+    Some((wrap(c_start), wrap(c_end)))
+}
+
 impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -503,6 +612,18 @@ where
             wrap(product)
         } else {
             super::backward::matmul_in_f32(lhs, rhs, out)
+        }
+    }
+
+    fn mlstm_chunk_states(
+        k_w: Tensor<Self, 5>,
+        v: Tensor<Self, 5>,
+        decay: Tensor<Self, 3>,
+        c0: Tensor<Self, 4>,
+    ) -> (Tensor<Self, 5>, Tensor<Self, 4>) {
+        match mma_chunk_states(&k_w, &v, &decay, &c0) {
+            Some(states) => states,
+            None => super::chunk_matmul::chunk_states(k_w, v, decay, c0),
         }
     }
 

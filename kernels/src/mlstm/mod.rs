@@ -30,6 +30,8 @@ mod rows_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
 #[cfg(feature = "cube")]
+mod state_mma_kernel;
+#[cfg(feature = "cube")]
 mod step_kernel;
 
 pub use backward::OutputRowGrads;
@@ -287,8 +289,9 @@ pub trait MlstmBackend: Backend {
     /// type) and `decay [B, NH, NC]`; `c0` and `decay` f32. Returns `C` before every chunk
     /// `[B, NH, NC, DQK, DV]` in `k_w`'s float type and after the last `[B, NH, DQK, DV]` in
     /// f32. The default is a batched product and [`Self::mlstm_chunk_scan`] (on the cube
-    /// backends, the product on tensor cores for half types and the scan one kernel): the seam
-    /// for a fused state kernel (docs/kernels.md: one was tried and was slower).
+    /// backends, the product on tensor cores for half types and the scan one kernel; with
+    /// `XLSTM_MLSTM_FUSED_STATES=1`, where the device has `mma` for the half type, one fused
+    /// kernel, `state_mma_kernel.rs`).
     fn mlstm_chunk_states(
         k_w: Tensor<Self, 5>,
         v: Tensor<Self, 5>,
