@@ -337,9 +337,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     {
         return None;
     }
-    let k_p = rows_prim(k_w.clone());
-    let v_p = rows_prim(v.clone());
-    let client = k_p.client.clone();
+    let client = k_w.clone().into_primitive().tensor().client;
     let props = client.properties();
     let elem: StorageType = dtype.into();
     let acc: StorageType = DType::F32.into();
@@ -364,6 +362,8 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     {
         return None;
     }
+    let k_p = rows_prim(k_w.clone());
+    let v_p = rows_prim(v.clone());
     let widest = client
         .io_optimized_vector_sizes(dtype.size())
         .max()
