@@ -808,7 +808,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                         combine::<Ref>(&Default::default(), parts, dims, [DType::F32, DType::F32]);
                     let bound = if is_half { 5e-3 } else { 1e-6 };
                     let what = format!("combine {dtype:?} sums {sums:?} {dims:?}");
-                    check(&what, got, want.clone(), bound);
+                    check(&what, got, want, bound);
                 });
             }
         }

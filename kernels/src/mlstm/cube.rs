@@ -341,13 +341,13 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let props = client.properties();
     let elem: StorageType = dtype.into();
     let acc: StorageType = DType::F32.into();
-    let has_mma = props.features.matmul.mma.iter().any(|mma| {
+    let matrices = &props.features.matmul;
+    let has_mma = matrices.mma.iter().any(|mma| {
         mma.a_type == elem
             && mma.b_type == elem
             && mma.cd_type == acc
             && (mma.m, mma.n, mma.k) == (16, 8, 16)
     });
-    let matrices = &props.features.matmul;
     let shared = shared_bytes(len, dtype.size());
     if !has_mma
         || !matrices.ldmatrix.contains(&elem)
