@@ -60,7 +60,8 @@ fn register_fragment_sizes<F: Float>(def: MmaDefinition<F, F, f32>) {
 
 /// One chunk's weighted keys (the tile's rows of `C`) and values (its columns) of this unit's
 /// share, `W` entries per vector, zero past `DQK`, `DV` and the chunk's `len` tokens (rows up to
-/// the next multiple of 16).
+/// the next multiple of 16). The loads are unconditional (an entry out of range reads the
+/// tensor's first vector and is replaced by zero), so that they are in flight together.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_chunk<F: Float, W: Size>(
@@ -83,16 +84,21 @@ fn load_chunk<F: Float, W: Size>(
         let e = UNIT_POS as usize + i * UNITS;
         let s = e / per_row;
         let off = (e % per_row) * width;
-        let mut kv = Vector::<F, W>::new(F::new(0.0));
-        if s < len && row0 + off < dqk {
-            kv = k_w[(k_start + s * k_w.stride(3) + row0 + off) / width];
-        }
-        let mut vv = Vector::<F, W>::new(F::new(0.0));
-        if s < len && col0 + off < dv {
-            vv = v[(v_start + s * v.stride(3) + col0 + off) / width];
-        }
-        keys[i] = kv;
-        values[i] = vv;
+        let zero = Vector::<F, W>::new(F::new(0.0));
+        let key_inside = s < len && row0 + off < dqk;
+        let at = select(
+            key_inside,
+            (k_start + s * k_w.stride(3) + row0 + off) / width,
+            0,
+        );
+        keys[i] = select(key_inside, k_w[at], zero);
+        let value_inside = s < len && col0 + off < dv;
+        let at = select(
+            value_inside,
+            (v_start + s * v.stride(3) + col0 + off) / width,
+            0,
+        );
+        values[i] = select(value_inside, v[at], zero);
     }
 }
 
