@@ -10,7 +10,9 @@
 //! layout; `MLSTM_BENCH_CHUNKS=64` sets the chunk sizes of the bf16 chunkwise rows, a comma
 //! list, `64,128` by default: 64 is the official kernels' default, which the peer rows ran
 //! with; every chunk size computes the same function). The library's own switches apply too:
-//! `XLSTM_MLSTM_FUSED_STATES=1` times the fused state kernel (`state_mma_kernel.rs`, opt-in).
+//! `XLSTM_MLSTM_FUSED_STATES=0` times without the fused state kernel (`state_mma_kernel.rs`),
+//! `XLSTM_MLSTM_FUSED_OUTPUTS=0` without the fused output kernel (`output_mma_kernel.rs`), `=1`
+//! with it at every `DV` (by default up to 256).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 

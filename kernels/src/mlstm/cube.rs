@@ -21,6 +21,9 @@ use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
+use super::output_mma_kernel::{
+    chunk_outputs_mma_kernel, output_shared_bytes, OUTPUT_MAX_LEN, OUTPUT_PLANES, OUTPUT_TILE,
+};
 use super::rows_kernel::{
     backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, weighted_rows_kernel,
     COLUMN_UNITS, ROWS_PER_CUBE, ROW_UNITS,
@@ -300,24 +303,100 @@ fn tensor_cores<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool
         .any(|mma| mma.a_type == elem && mma.b_type == elem)
 }
 
-/// Whether `XLSTM_MLSTM_FUSED_STATES=1` asks for the fused state kernel (`state_mma_kernel.rs`)
-/// where the device takes it. Off by default: it is 1.3x faster at the first benchmark shape's
-/// forward, but one bf16 gradient case (m₀'s, a near-cancelling sum) goes from 8.9e-3 to 2.1e-2
-/// of relative error with it, over the 2e-2 bound (docs/kernels.md, session 13).
-fn fused_states_on() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("XLSTM_MLSTM_FUSED_STATES").is_ok_and(|v| v == "1"))
+/// What an `mma` kernel switch asks for: `0` never, `1` wherever the device takes the kernel,
+/// unset (or anything else) the default rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    Off,
+    On,
+    Default,
 }
+
+impl Switch {
+    fn read(name: &str) -> Self {
+        match std::env::var(name).as_deref() {
+            Ok("0") => Self::Off,
+            Ok("1") => Self::On,
+            _ => Self::Default,
+        }
+    }
+}
+
+/// `XLSTM_MLSTM_FUSED_STATES` (`0` turns the fused state kernel, `state_mma_kernel.rs`, off;
+/// on by default where the device takes it).
+fn fused_states() -> Switch {
+    static SWITCH: OnceLock<Switch> = OnceLock::new();
+    *SWITCH.get_or_init(|| Switch::read("XLSTM_MLSTM_FUSED_STATES"))
+}
+
+/// `XLSTM_MLSTM_FUSED_OUTPUTS` (`0` turns the fused output kernel, `output_mma_kernel.rs`, off;
+/// `1` takes it for every `DV`; by default it is taken up to [`FUSED_OUTPUTS_MAX_DV`]).
+fn fused_outputs() -> Switch {
+    static SWITCH: OnceLock<Switch> = OnceLock::new();
+    *SWITCH.get_or_init(|| Switch::read("XLSTM_MLSTM_FUSED_OUTPUTS"))
+}
+
+/// Largest `DV` for which the fused output kernel is taken by default: each of its cubes
+/// recomputes `Q Kᵀ` for 64 columns of `DV`, and it runs at ≈ 60 TFLOP/s, so it beats the
+/// batched products (cubek's, efficient on large operands) only on small states. Measured on the
+/// H200 (docs/kernels.md, session 14): at `DQK = DV = 192` (3 column tiles) the forward took
+/// 1.56–1.60 ms against 1.70 with the products; at `DQK 256, DV 512` (8 tiles) 7.71 against
+/// 5.57.
+const FUSED_OUTPUTS_MAX_DV: usize = 256;
 
 /// Largest shared memory a kernel may declare statically (CUDA's limit without opt-in).
 const STATIC_SHARED_BYTES: usize = 48 << 10;
 
+/// Whether the device runs the `mma` kernels (`state_mma_kernel.rs`, `output_mma_kernel.rs`) on
+/// operands of `dtype` with `shared` bytes of shared memory per cube: half-type operands that
+/// the runtime multiplies with `mma` m16n8k16 into f32 and moves with `ldmatrix`/`stmatrix`
+/// (CUDA from sm_90), planes of 32 units.
+fn mma_kernels_take<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    shared: usize,
+) -> bool {
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        return false;
+    }
+    let props = client.properties();
+    let elem: StorageType = dtype.into();
+    let acc: StorageType = DType::F32.into();
+    let matrices = &props.features.matmul;
+    let has_mma = matrices.mma.iter().any(|mma| {
+        mma.a_type == elem
+            && mma.b_type == elem
+            && mma.cd_type == acc
+            && (mma.m, mma.n, mma.k) == (16, 8, 16)
+    });
+    has_mma
+        && matrices.ldmatrix.contains(&elem)
+        && matrices.stmatrix.contains(&elem)
+        && props.hardware.plane_size_min == PLANE as u32
+        && props.hardware.plane_size_max == PLANE as u32
+        && shared
+            <= props
+                .hardware
+                .max_shared_memory_size
+                .min(STATIC_SHARED_BYTES)
+}
+
+/// The widest vector (8, 4, 2 or 1 entries) of the `mma` kernels' global accesses that the
+/// runtime loads in one access and that divides every length in `lengths`.
+fn mma_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, lengths: &[usize]) -> usize {
+    let widest = client
+        .io_optimized_vector_sizes(dtype.size())
+        .max()
+        .unwrap_or(1);
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|&w| w <= widest && lengths.iter().all(|x| x.is_multiple_of(w)))
+        .unwrap_or(1)
+}
+
 /// The chunk-boundary states of [`MlstmBackend::mlstm_chunk_states`] in one kernel on the
-/// device's `mma` (`state_mma_kernel.rs`), where it takes them: half-type operands that the
-/// runtime multiplies with `mma` m16n8k16 into f32 and moves with `ldmatrix`/`stmatrix` (CUDA
-/// from sm_90), planes of 32 units, the cube's tiles in
-/// shared memory, the batch entries and heads within one grid axis, and a vector width that
-/// divides the rows and their strides; and only when asked for ([`fused_states_on`]). `None`
+/// device's `mma` (`state_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]), the batch
+/// entries and heads within one grid axis, unless switched off ([`fused_states`]). `None`
 /// otherwise (the caller runs the products and the scan).
 #[allow(clippy::type_complexity)]
 fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
@@ -329,8 +408,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let dtype = k_w.dtype();
     let [b, nh, nc, len, dqk] = k_w.dims();
     let dv = v.dims()[4];
-    if !fused_states_on()
-        || !matches!(dtype, DType::BF16 | DType::F16)
+    if fused_states() == Switch::Off
         || v.dtype() != dtype
         || b * nh * nc * len * dqk * dv == 0
         || b * nh > usize::from(u16::MAX)
@@ -338,48 +416,21 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
         return None;
     }
     let client = k_w.clone().into_primitive().tensor().client;
-    let props = client.properties();
-    let elem: StorageType = dtype.into();
-    let acc: StorageType = DType::F32.into();
-    let matrices = &props.features.matmul;
-    let has_mma = matrices.mma.iter().any(|mma| {
-        mma.a_type == elem
-            && mma.b_type == elem
-            && mma.cd_type == acc
-            && (mma.m, mma.n, mma.k) == (16, 8, 16)
-    });
-    let shared = shared_bytes(len, dtype.size());
-    if !has_mma
-        || !matrices.ldmatrix.contains(&elem)
-        || !matrices.stmatrix.contains(&elem)
-        || props.hardware.plane_size_min != PLANE as u32
-        || props.hardware.plane_size_max != PLANE as u32
-        || shared
-            > props
-                .hardware
-                .max_shared_memory_size
-                .min(STATIC_SHARED_BYTES)
-    {
+    if !mma_kernels_take(&client, dtype, shared_bytes(len, dtype.size())) {
         return None;
     }
     let k_p = rows_prim(k_w.clone());
     let v_p = rows_prim(v.clone());
-    let widest = client
-        .io_optimized_vector_sizes(dtype.size())
-        .max()
-        .unwrap_or(1);
     let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
-    let divides = |w: usize| {
-        [row_stride(&k_p), row_stride(&v_p), dqk, dv]
-            .iter()
-            .all(|x| x.is_multiple_of(w))
-    };
-    let width = [8, 4, 2, 1]
-        .into_iter()
-        .find(|&w| w <= widest && divides(w))?;
     if !unit_last(&k_p) || !unit_last(&v_p) {
         return None;
     }
+    let width = mma_width(
+        &client,
+        dtype,
+        &[row_stride(&k_p), row_stride(&v_p), dqk, dv],
+    );
+    let elem: StorageType = dtype.into();
     let decay = prim(decay.clone());
     let c0 = prim(c0.clone());
     let c_start = empty(&k_p, vec![b, nh, nc, dqk, dv], dtype);
@@ -404,6 +455,94 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
         );
     }
     Some((wrap(c_start), wrap(c_end)))
+}
+
+/// The outputs of [`MlstmBackend::mlstm_chunk_outputs`] in one kernel on the device's `mma`
+/// (`output_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]): chunks of at most
+/// [`OUTPUT_MAX_LEN`] tokens, `c_start` of the inputs' type, every cube within one grid axis;
+/// and `DV` up to [`FUSED_OUTPUTS_MAX_DV`] unless switched ([`fused_outputs`]). `None` otherwise
+/// (the caller runs the
+/// products).
+#[allow(clippy::too_many_arguments)]
+fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    q: &Tensor<Cube<R, F, I, BT>, 5>,
+    k: &Tensor<Cube<R, F, I, BT>, 5>,
+    v: &Tensor<Cube<R, F, I, BT>, 5>,
+    log_f: &Tensor<Cube<R, F, I, BT>, 4>,
+    log_i: &Tensor<Cube<R, F, I, BT>, 4>,
+    c_start: &Tensor<Cube<R, F, I, BT>, 5>,
+    n_start: &Tensor<Cube<R, F, I, BT>, 4>,
+    log_start: &Tensor<Cube<R, F, I, BT>, 4>,
+) -> Option<Tensor<Cube<R, F, I, BT>, 5>> {
+    let dtype = q.dtype();
+    let [b, nh, nc, len, dqk] = q.dims();
+    let dv = v.dims()[4];
+    let cubes = b * nh * nc * dv.div_ceil(OUTPUT_TILE);
+    let asked = match fused_outputs() {
+        Switch::Off => false,
+        Switch::On => true,
+        Switch::Default => dv <= FUSED_OUTPUTS_MAX_DV,
+    };
+    if !asked
+        || k.dtype() != dtype
+        || v.dtype() != dtype
+        || c_start.dtype() != dtype
+        || b * nh * nc * len * dqk * dv == 0
+        || len > OUTPUT_MAX_LEN
+        || cubes > i32::MAX as usize
+    {
+        return None;
+    }
+    let client = q.clone().into_primitive().tensor().client;
+    if !mma_kernels_take(&client, dtype, output_shared_bytes(dtype.size()))
+        || cubes > client.properties().hardware.max_cube_count.0 as usize
+    {
+        return None;
+    }
+    let [q_p, k_p, v_p] = [q, k, v].map(|t| rows_prim(t.clone()));
+    let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
+    if ![&q_p, &k_p, &v_p].iter().all(|t| unit_last(t)) {
+        return None;
+    }
+    let width = mma_width(
+        &client,
+        dtype,
+        &[
+            row_stride(&q_p),
+            row_stride(&k_p),
+            row_stride(&v_p),
+            dqk,
+            dv,
+        ],
+    );
+    let elem: StorageType = dtype.into();
+    let chunks = b * nh * nc;
+    let by_chunk = |t: &Tensor<Cube<R, F, I, BT>, 4>| prim(t.clone().reshape([chunks, len]));
+    let h = empty(&q_p, vec![b, nh, nc, len, dv], dtype);
+    // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
+    // indices stay within the tiles it declares.
+    unsafe {
+        chunk_outputs_mma_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_2d(PLANE as u32, OUTPUT_PLANES as u32),
+            width,
+            q_p.into_tensor_arg(),
+            k_p.into_tensor_arg(),
+            v_p.into_tensor_arg(),
+            prim(c_start.clone()).into_tensor_arg(),
+            prim(n_start.clone().cast(DType::F32).reshape([chunks, dqk])).into_tensor_arg(),
+            by_chunk(log_f).into_tensor_arg(),
+            by_chunk(log_i).into_tensor_arg(),
+            by_chunk(log_start).into_tensor_arg(),
+            h.clone().into_tensor_arg(),
+            (1.0 / (dqk as f64).sqrt()) as f32,
+            EPS as f32,
+            len,
+            elem,
+        );
+    }
+    Some(wrap(h))
 }
 
 impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
@@ -624,6 +763,24 @@ where
         match mma_chunk_states(&k_w, &v, &decay, &c0) {
             Some(states) => states,
             None => super::chunk_matmul::chunk_states(k_w, v, decay, c0),
+        }
+    }
+
+    fn mlstm_chunk_outputs(
+        q: Tensor<Self, 5>,
+        k: Tensor<Self, 5>,
+        v: Tensor<Self, 5>,
+        log_f: Tensor<Self, 4>,
+        log_i: Tensor<Self, 4>,
+        c_start: Tensor<Self, 5>,
+        n_start: Tensor<Self, 4>,
+        log_start: Tensor<Self, 4>,
+    ) -> Tensor<Self, 5> {
+        match mma_chunk_outputs(&q, &k, &v, &log_f, &log_i, &c_start, &n_start, &log_start) {
+            Some(h) => h,
+            None => super::chunk_matmul::chunk_outputs(
+                q, k, v, log_f, log_i, c_start, n_start, log_start,
+            ),
         }
     }
 

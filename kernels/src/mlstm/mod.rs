@@ -26,6 +26,8 @@ mod dots_kernel;
 mod gate_kernel;
 mod gates;
 #[cfg(feature = "cube")]
+mod output_mma_kernel;
+#[cfg(feature = "cube")]
 mod rows_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
@@ -289,9 +291,9 @@ pub trait MlstmBackend: Backend {
     /// type) and `decay [B, NH, NC]`; `c0` and `decay` f32. Returns `C` before every chunk
     /// `[B, NH, NC, DQK, DV]` in `k_w`'s float type and after the last `[B, NH, DQK, DV]` in
     /// f32. The default is a batched product and [`Self::mlstm_chunk_scan`] (on the cube
-    /// backends, the product on tensor cores for half types and the scan one kernel; with
-    /// `XLSTM_MLSTM_FUSED_STATES=1`, where the device has `mma` for the half type, one fused
-    /// kernel, `state_mma_kernel.rs`).
+    /// backends, the product on tensor cores for half types and the scan one kernel; where the
+    /// device has `mma` for the half type, one fused kernel, `state_mma_kernel.rs`, unless
+    /// `XLSTM_MLSTM_FUSED_STATES=0`).
     fn mlstm_chunk_states(
         k_w: Tensor<Self, 5>,
         v: Tensor<Self, 5>,
@@ -308,8 +310,10 @@ pub trait MlstmBackend: Backend {
     /// `n_start [B, NH, NC, DQK]`, and `log_start [B, NH, NC, L]` (`m₀ + F_t`: the chunk-start
     /// stabiliser plus the chunk-local sums of `log f`, f32). Returns
     /// `h [B, NH, NC, L, DV]` in the inputs' type. The default is batched products through
-    /// [`Self::mlstm_matmul`], [`Self::mlstm_gate_matrix`] and [`Self::mlstm_chunk_combine`]:
-    /// the seam for a fused output kernel (docs/kernels.md: one was tried and was slower).
+    /// [`Self::mlstm_matmul`], [`Self::mlstm_gate_matrix`] and [`Self::mlstm_chunk_combine`]
+    /// (on the cube backends, where the device has `mma` for the half type and `DV ≤ 256`, one
+    /// fused kernel, `output_mma_kernel.rs`; `XLSTM_MLSTM_FUSED_OUTPUTS=0` turns it off, `=1`
+    /// takes it for every `DV`).
     #[allow(clippy::too_many_arguments)]
     fn mlstm_chunk_outputs(
         q: Tensor<Self, 5>,

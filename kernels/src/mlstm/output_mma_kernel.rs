@@ -1,0 +1,549 @@
+//! The outputs of every chunk in one kernel on the tensor cores' `mma` (CUDA's `mma.sync`
+//! m16n8k16, as `state_mma_kernel.rs`): TFLA's parallel kernel. One cube per (chunk, 64 columns
+//! of `DV`) computes, for the chunk's `L ≤ 64` tokens (eq. 21 within a chunk, the math of
+//! `gates.rs` and `chunk_matmul::chunk_outputs`):
+//! - `S = Q Kᵀ`, `Q C₀` and `q_t·n₀` over `DQK` in slices staged in shared memory;
+//! - the gate matrix in registers: `log D_ts = F_t - F_s + ĩ_s` (`s ≤ t`, `F` the chunk's
+//!   cumulative `log f`), `stab_t = max(max_s log D_ts, m₀ + F_t)`, `P = S/sqrt(DQK) ∘
+//!   e^{log D - stab}`, `g_t = e^{m₀+F_t-stab_t}`, `qn_t = Σ_s P_ts + g_t q_t·n₀`;
+//! - `h_t = (P V + g_t q_t C₀)_t / (max(|qn_t|, e^{-stab_t}) + eps)`, with `P` as two half-type
+//!   operands (its rounded value and the rest, as the split of `gates.rs`) straight from the
+//!   registers that hold it (the accumulator layout of two `16 × 8` tiles is the `A` operand's
+//!   of one `16 × 16`).
+//!
+//! Nothing of size `[L, L]` or `[L, DV]` reaches global memory but `h`; the batched-product form
+//! writes `Q Kᵀ`, `P`, `P V` and `Q C₀` and reads them back. The plane of rows `16p..16p+16`
+//! multiplies only the token columns `s ≤ 16p + 15` (causal).
+
+use cubecl::cmma::MmaDefinition;
+use cubecl::ir::MatrixIdent;
+use cubecl::prelude::*;
+
+use super::state_mma_kernel::PLANE;
+
+/// Columns of `DV` per cube.
+pub(crate) const OUTPUT_TILE: usize = 64;
+/// Planes per cube, each owning 16 rows (tokens) of the chunk.
+pub(crate) const OUTPUT_PLANES: usize = 4;
+/// Longest chunk of the kernel: 16 rows per plane.
+pub(crate) const OUTPUT_MAX_LEN: usize = 16 * OUTPUT_PLANES;
+/// `DQK` entries staged per round.
+const SLICE: usize = 64;
+/// Row pitch of the shared-memory tiles in entries: 64 + 8, so that the 16-byte rows that
+/// `ldmatrix` reads fall in distinct banks.
+const PITCH: usize = 72;
+const MMA_M: usize = 16;
+const MMA_N: usize = 8;
+const MMA_K: usize = 16;
+/// `8`-column accumulator tiles per plane: 64 token columns of `S`, 64 value columns of `h`.
+const TILES_N: usize = 8;
+/// Units per cube.
+const UNITS: usize = PLANE * OUTPUT_PLANES;
+
+cubecl::define_size!(FragA);
+cubecl::define_size!(FragB);
+cubecl::define_size!(FragC);
+
+/// Shared memory of one cube in bytes for operands of `elem_bytes`: the staged `Q`, `K` and
+/// `C₀` slices and `V`, 64 rows each, and the chunk's gates.
+pub(crate) fn output_shared_bytes(elem_bytes: usize) -> usize {
+    4 * OUTPUT_MAX_LEN * PITCH * elem_bytes + (3 * OUTPUT_MAX_LEN + SLICE) * 4
+}
+
+/// Binds the per-lane vector sizes of the three fragment kinds to what the runtime's `mma`
+/// uses (CUDA: two 16-bit entries per 32-bit register, two f32 accumulators).
+#[cube]
+#[allow(unused_variables)]
+fn register_fragment_sizes<F: Float>(def: MmaDefinition<F, F, f32>) {
+    let a = def.vector_size(MatrixIdent::A);
+    let b = def.vector_size(MatrixIdent::B);
+    let c = def.vector_size(MatrixIdent::Accumulator);
+    intrinsic!(|scope| {
+        scope.register_size::<FragA>(a);
+        scope.register_size::<FragB>(b);
+        scope.register_size::<FragC>(c);
+    });
+}
+
+/// Rows `0..rows` and entries `first..first + 64` of one `[rows, D]` operand (row `r` at
+/// `base + r · row_stride`) into `tile` (rows of `PITCH`), zero past `count` rows and `D`
+/// entries. Every unit of the cube takes its share. (Unconditional loads, an entry out of range
+/// reading the first vector and replaced by zero, took 141 registers against 128 and were no
+/// faster: ptxas still waits on each load before the next, for lack of registers.)
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage<F: Float, W: Size>(
+    src: &Tensor<Vector<F, W>>,
+    base: usize,
+    row_stride: usize,
+    count: usize,
+    first: usize,
+    depth: usize,
+    tile: &mut SharedMemory<Vector<F, W>>,
+    #[comptime] rows: usize,
+) {
+    let width = src.vector_size();
+    let per_row = comptime!(SLICE / width);
+    let pitch = comptime!(PITCH / width);
+    #[unroll]
+    for i in 0..comptime!((rows * per_row).div_ceil(UNITS)) {
+        let e = UNIT_POS as usize + i * UNITS;
+        if e < rows * per_row {
+            let r = e / per_row;
+            let off = (e % per_row) * width;
+            let mut x = Vector::<F, W>::new(F::new(0.0));
+            if r < count && first + off < depth {
+                x = src[(base + r * row_stride + first + off) / width];
+            }
+            tile[r * pitch + e % per_row] = x;
+        }
+    }
+}
+
+/// `h [B, NH, NC, L, DV]` of every chunk from its inputs and start state. Grid: one axis of
+/// `(B·NH·NC) × tiles of DV` cubes, the `DV` tiles of a chunk adjacent (they share `Q` and `K`
+/// in the cache); cube `PLANE × OUTPUT_PLANES`. `W` divides `DQK`, `DV` and the row strides;
+/// `q, k, v` have unit last stride; the gates, `c_start`, `n_start` and `h` are contiguous.
+/// Launched unchecked: every global access is guarded here, shared-memory indices are in range
+/// by construction.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
+    q: &Tensor<Vector<F, W>>,       // [B, NH, NC, L, DQK]
+    k: &Tensor<Vector<F, W>>,       // [B, NH, NC, L, DQK]
+    v: &Tensor<Vector<F, W>>,       // [B, NH, NC, L, DV]
+    c_start: &Tensor<Vector<F, W>>, // [B, NH, NC, DQK, DV]
+    n_start: &Tensor<f32>,          // [B·NH·NC, DQK]
+    log_f: &Tensor<f32>,            // [B·NH·NC, L]
+    log_i: &Tensor<f32>,            // [B·NH·NC, L]
+    log_start: &Tensor<f32>,        // [B·NH·NC, L], m₀ + F_t
+    h: &mut Tensor<Vector<F, W>>,   // [B, NH, NC, L, DV]
+    scale: f32,
+    eps: f32,
+    #[comptime] len: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(MMA_M, MMA_N, MMA_K);
+    register_fragment_sizes::<F>(def);
+    let nc = def.vectors_per_lane(MatrixIdent::Accumulator);
+    let sc = def.vector_size(MatrixIdent::Accumulator);
+    let width = q.vector_size();
+    let rows = comptime!(len.next_multiple_of(MMA_K));
+    let pitch = comptime!(PITCH / width);
+
+    let lane = UNIT_POS_X;
+    let plane = UNIT_POS_Y as usize;
+    let heads = q.shape(1);
+    let chunks = q.shape(2);
+    let dqk = q.shape(4);
+    let dv = v.shape(4);
+    let tiles_v = dv.div_ceil(OUTPUT_TILE);
+    let chunk = CUBE_POS_X as usize / tiles_v; // over B·NH·NC
+    let col0 = (CUBE_POS_X as usize % tiles_v) * OUTPUT_TILE;
+    let batch = chunk / (heads * chunks);
+    let head = (chunk / chunks) % heads;
+    let c = chunk % chunks;
+    let row0 = plane * MMA_M; // this plane's first token
+    let active = row0 < len;
+    let lane_row = (lane % 8) as usize;
+    let quad = (lane / 8) as usize;
+
+    // The chunk's gates: F_t (the cumulative log f, summed in token order from shared memory)
+    // and ĩ_s, zero past L.
+    let mut f_cum = SharedMemory::<f32>::new(rows);
+    let mut i_log = SharedMemory::<f32>::new(rows);
+    let mut f_log = SharedMemory::<f32>::new(rows);
+    let gate_base = chunk * len;
+    let u = UNIT_POS as usize;
+    if u < rows {
+        let mut f_u = 0.0f32;
+        let mut i_u = 0.0f32;
+        if u < len {
+            f_u = log_f[gate_base + u];
+            i_u = log_i[gate_base + u];
+        }
+        f_log[u] = f_u;
+        i_log[u] = i_u;
+    }
+    // Protects: every log f is in shared memory before the sums read them.
+    sync_cube();
+    if u < rows {
+        let mut acc = 0.0f32;
+        for j in 0..u + 1 {
+            acc += f_log[j];
+        }
+        f_cum[u] = acc;
+    }
+
+    let mut q_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [t][a]
+    let mut k_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][a]
+    let mut c_tile = SharedMemory::<Vector<F, W>>::new(comptime!(SLICE * PITCH / width)); // [a][d]
+    let mut v_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][d]
+    let mut n_tile = SharedMemory::<f32>::new(SLICE); // n₀'s entries of the slice
+
+    let q_base = batch * q.stride(0) + head * q.stride(1) + c * q.stride(2);
+    let k_base = batch * k.stride(0) + head * k.stride(1) + c * k.stride(2);
+    let v_base = batch * v.stride(0) + head * v.stride(1) + c * v.stride(2);
+    let c_base = batch * c_start.stride(0) + head * c_start.stride(1) + c * c_start.stride(2);
+    stage::<F, W>(v, v_base, v.stride(3), len, col0, dv, &mut v_tile, rows);
+
+    // S = Q Kᵀ and Q C₀ as TILES_N accumulator tiles each (16 × 8), and q_t·n₀ for this lane's
+    // two rows over a quarter of each slice.
+    let mut scores = Array::<Vector<f32, FragC>>::new(comptime!(TILES_N * nc));
+    let mut out = Array::<Vector<f32, FragC>>::new(comptime!(TILES_N * nc));
+    #[unroll]
+    for i in 0..comptime!(TILES_N * nc) {
+        scores[i] = Vector::<f32, FragC>::new(0.0);
+        out[i] = Vector::<f32, FragC>::new(0.0);
+    }
+    let mut b_frag = Array::<Vector<F, FragB>>::new(2usize);
+    let mut c_frag = Array::<Vector<f32, FragC>>::new(nc);
+    let group = (lane / 4) as usize; // this lane's rows: row0 + group and row0 + group + 8
+    let in_group = (lane % 4) as usize;
+    let mut qn0_top = 0.0f32;
+    let mut qn0_bottom = 0.0f32;
+    let n_base = chunk * n_start.stride(0);
+    for first in range_stepped(0usize, dqk, SLICE) {
+        // Protects: every plane is done with the previous slice before it is overwritten.
+        sync_cube();
+        stage::<F, W>(q, q_base, q.stride(3), len, first, dqk, &mut q_tile, rows);
+        stage::<F, W>(k, k_base, k.stride(3), len, first, dqk, &mut k_tile, rows);
+        if u < SLICE {
+            let mut n = 0.0f32;
+            if first + u < dqk {
+                n = n_start[n_base + first + u];
+            }
+            n_tile[u] = n;
+        }
+        let c_count = dqk - first;
+        stage_columns::<F, W>(
+            c_start,
+            c_base + first * c_start.stride(3),
+            c_start.stride(3),
+            c_count,
+            col0,
+            dv,
+            &mut c_tile,
+        );
+        // Protects: the slice is complete before any plane reads it.
+        sync_cube();
+        if active {
+            #[unroll]
+            for ks in 0..comptime!(SLICE / MMA_K) {
+                // A = Q[t, a] (m = token, k = key entry), row-major: matrices
+                // (rows 0-7 | 8-15) × (entries 0-7 | 8-15).
+                let t = row0 + 8usize * (quad % 2usize) + lane_row;
+                let a = ks * MMA_K + 8usize * (quad / 2usize);
+                let at = t * pitch + a / width;
+                let a_frag = def.load_matrix::<Vector<F, W>, FragA>(
+                    &q_tile.slice(at, at + comptime!(8 / width)),
+                    MatrixIdent::A,
+                    4usize,
+                    false,
+                );
+                #[unroll]
+                for np in 0..comptime!(TILES_N / 2) {
+                    // B = Kᵀ[a, s] (n = token) from K[s][a]: matrices (tokens 0-7 | 8-15) ×
+                    // (entries 0-7 | 8-15), no transpose; only the columns s ≤ this plane's last.
+                    if np <= plane {
+                        let s = 16usize * np + 8usize * (quad / 2usize) + lane_row;
+                        let a = ks * MMA_K + 8usize * (quad % 2usize);
+                        let at = s * pitch + a / width;
+                        let regs = def.load_matrix::<Vector<F, W>, FragB>(
+                            &k_tile.slice(at, at + comptime!(8 / width)),
+                            MatrixIdent::B,
+                            4usize,
+                            false,
+                        );
+                        mma_pair(
+                            def,
+                            &a_frag,
+                            &regs,
+                            &mut scores,
+                            &mut b_frag,
+                            &mut c_frag,
+                            np,
+                        );
+                    }
+                    // B = C₀[a, d] (k = key entry, n = value entry), row-major, transposed by
+                    // `ldmatrix`: matrices (entries 0-7 | 8-15) × (columns 0-7 | 8-15).
+                    let a = ks * MMA_K + 8usize * (quad % 2usize) + lane_row;
+                    let d = (2usize * np + quad / 2usize) * MMA_N;
+                    let at = a * pitch + d / width;
+                    let regs = def.load_matrix::<Vector<F, W>, FragB>(
+                        &c_tile.slice(at, at + comptime!(8 / width)),
+                        MatrixIdent::B,
+                        4usize,
+                        true,
+                    );
+                    mma_pair(def, &a_frag, &regs, &mut out, &mut b_frag, &mut c_frag, np);
+                }
+            }
+            // q_t·n₀ over this lane's quarter of the slice, a vector of W entries at a time.
+            #[unroll]
+            for jv in 0..comptime!(SLICE / 4 / width) {
+                let at = in_group * comptime!(SLICE / 4 / width) + jv; // vector of the row
+                let top = q_tile[(row0 + group) * pitch + at];
+                let bottom = q_tile[(row0 + group + 8) * pitch + at];
+                #[unroll]
+                for e in 0..width {
+                    // Zero past DQK in both operands.
+                    let n = n_tile[at * width + e];
+                    qn0_top += f32::cast_from(top[e]) * n;
+                    qn0_bottom += f32::cast_from(bottom[e]) * n;
+                }
+            }
+        }
+    }
+
+    if active {
+        qn0_top += plane_shuffle_xor(qn0_top, 1);
+        qn0_top += plane_shuffle_xor(qn0_top, 2);
+        qn0_bottom += plane_shuffle_xor(qn0_bottom, 1);
+        qn0_bottom += plane_shuffle_xor(qn0_bottom, 2);
+
+        // The gate matrix over this lane's entries of S: row maxima of log D over s ≤ t.
+        let mut max_top = f32::new(-1.0e30);
+        let mut max_bottom = f32::new(-1.0e30);
+        #[unroll]
+        for nt in 0..TILES_N {
+            if nt / 2 <= plane {
+                #[unroll]
+                for i in 0..nc {
+                    #[unroll]
+                    for e in 0..sc {
+                        let (r, col) = def.position_of_nth(
+                            lane,
+                            (i * sc + e) as u32,
+                            MatrixIdent::Accumulator,
+                        );
+                        let t = row0 + r as usize;
+                        let s = nt * MMA_N + col as usize;
+                        if s <= t {
+                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
+                            if r < 8 {
+                                max_top = max_top.max(log_d);
+                            } else {
+                                max_bottom = max_bottom.max(log_d);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        max_top = max_top.max(plane_shuffle_xor(max_top, 1));
+        max_top = max_top.max(plane_shuffle_xor(max_top, 2));
+        max_bottom = max_bottom.max(plane_shuffle_xor(max_bottom, 1));
+        max_bottom = max_bottom.max(plane_shuffle_xor(max_bottom, 2));
+        let t_top = row0 + group;
+        let t_bottom = t_top + 8;
+        let mut start_top = 0.0f32;
+        let mut start_bottom = 0.0f32;
+        if t_top < len {
+            start_top = log_start[gate_base + t_top];
+        }
+        if t_bottom < len {
+            start_bottom = log_start[gate_base + t_bottom];
+        }
+        let stab_top = max_top.max(start_top);
+        let stab_bottom = max_bottom.max(start_bottom);
+
+        // P = S/sqrt(DQK) ∘ e^{log D - stab} in place, and its row sums.
+        let mut sum_top = 0.0f32;
+        let mut sum_bottom = 0.0f32;
+        #[unroll]
+        for nt in 0..TILES_N {
+            if nt / 2 <= plane {
+                #[unroll]
+                for i in 0..nc {
+                    let mut value = scores[nt * nc + i];
+                    #[unroll]
+                    for e in 0..sc {
+                        let (r, col) = def.position_of_nth(
+                            lane,
+                            (i * sc + e) as u32,
+                            MatrixIdent::Accumulator,
+                        );
+                        let t = row0 + r as usize;
+                        let s = nt * MMA_N + col as usize;
+                        let mut p = 0.0f32;
+                        if s <= t {
+                            let mut stab = stab_top;
+                            if r >= 8 {
+                                stab = stab_bottom;
+                            }
+                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
+                            p = value[e] * scale * (log_d - stab).exp();
+                        }
+                        value[e] = p;
+                        if r < 8 {
+                            sum_top += p;
+                        } else {
+                            sum_bottom += p;
+                        }
+                    }
+                    scores[nt * nc + i] = value;
+                }
+            }
+        }
+        sum_top += plane_shuffle_xor(sum_top, 1);
+        sum_top += plane_shuffle_xor(sum_top, 2);
+        sum_bottom += plane_shuffle_xor(sum_bottom, 1);
+        sum_bottom += plane_shuffle_xor(sum_bottom, 2);
+        let gain_top = (start_top - stab_top).exp();
+        let gain_bottom = (start_bottom - stab_bottom).exp();
+        let qn_top = sum_top + gain_top * qn0_top;
+        let qn_bottom = sum_bottom + gain_bottom * qn0_bottom;
+
+        // g_t q_t C₀, then P V on top: P's accumulator tiles 2j and 2j+1 are the A operand of
+        // the 16-token step j (rows g | g+8 × tokens 0-7 | 8-15 of the step), once rounded and
+        // once the rest.
+        #[unroll]
+        for nt in 0..TILES_N {
+            #[unroll]
+            for i in 0..nc {
+                let (r, _col) =
+                    def.position_of_nth(lane, (i * sc) as u32, MatrixIdent::Accumulator);
+                let mut gain = gain_top;
+                if r >= 8 {
+                    gain = gain_bottom;
+                }
+                out[nt * nc + i] = out[nt * nc + i] * Vector::<f32, FragC>::new(gain);
+            }
+        }
+        let mut p_high = Array::<Vector<F, FragC>>::new(comptime!(2 * nc));
+        let mut p_low = Array::<Vector<F, FragC>>::new(comptime!(2 * nc));
+        #[unroll]
+        for j in 0..comptime!(rows / MMA_K) {
+            if j <= plane {
+                #[unroll]
+                for half in 0..2usize {
+                    #[unroll]
+                    for i in 0..nc {
+                        let p = scores[(2usize * j + half) * nc + i];
+                        let high = Vector::<F, FragC>::cast_from(p);
+                        p_high[half * nc + i] = high;
+                        p_low[half * nc + i] =
+                            Vector::cast_from(p - Vector::<f32, FragC>::cast_from(high));
+                    }
+                }
+                #[unroll]
+                for np in 0..comptime!(TILES_N / 2) {
+                    // B = V[s, d] (k = token, n = value entry), transposed by `ldmatrix`.
+                    let s = j * MMA_K + 8usize * (quad % 2usize) + lane_row;
+                    let d = (2usize * np + quad / 2usize) * MMA_N;
+                    let at = s * pitch + d / width;
+                    let regs = def.load_matrix::<Vector<F, W>, FragB>(
+                        &v_tile.slice(at, at + comptime!(8 / width)),
+                        MatrixIdent::B,
+                        4usize,
+                        true,
+                    );
+                    mma_pair(def, &p_high, &regs, &mut out, &mut b_frag, &mut c_frag, np);
+                    mma_pair(def, &p_low, &regs, &mut out, &mut b_frag, &mut c_frag, np);
+                }
+            }
+        }
+
+        // h = (P V + g q C₀) / (max(|qn|, e^{-stab}) + eps), rounded, through this plane's rows
+        // of the Q tile (only this plane reads them) with `stmatrix`, then out a row of W
+        // entries per access.
+        let den_top = Vector::<f32, FragC>::new(qn_top.abs().max((-stab_top).exp()) + eps);
+        let den_bottom = Vector::<f32, FragC>::new(qn_bottom.abs().max((-stab_bottom).exp()) + eps);
+        let mut half_frags = Array::<Vector<F, FragC>>::new(comptime!(2 * nc));
+        #[unroll]
+        for np in 0..comptime!(TILES_N / 2) {
+            #[unroll]
+            for j in 0..2usize {
+                #[unroll]
+                for i in 0..nc {
+                    let (r, _col) =
+                        def.position_of_nth(lane, (i * sc) as u32, MatrixIdent::Accumulator);
+                    let mut den = den_top;
+                    if r >= 8 {
+                        den = den_bottom;
+                    }
+                    half_frags[j * nc + i] =
+                        Vector::cast_from(out[(2usize * np + j) * nc + i] / den);
+                }
+            }
+            let t = row0 + 8usize * (quad % 2usize) + lane_row;
+            let d = (2usize * np + quad / 2usize) * MMA_N;
+            let at = t * pitch + d / width;
+            let mut slot = q_tile.slice_mut(at, at + comptime!(8 / width));
+            def.store_matrix(
+                &mut slot,
+                &half_frags,
+                MatrixIdent::Accumulator,
+                4usize,
+                false,
+            );
+        }
+    }
+    // Protects: this plane's rows of h are in shared memory before its units write them out.
+    sync_plane();
+    if active {
+        let per_row = comptime!(OUTPUT_TILE / width);
+        let h_base = batch * h.stride(0) + head * h.stride(1) + c * h.stride(2);
+        #[unroll]
+        for i in 0..comptime!((MMA_M * OUTPUT_TILE / width).div_ceil(PLANE)) {
+            let e = lane as usize + i * PLANE;
+            let r = e / per_row;
+            let off = (e % per_row) * width;
+            let t = row0 + r;
+            if r < MMA_M && t < len && col0 + off < dv {
+                h[(h_base + t * h.stride(3) + col0 + off) / width] =
+                    q_tile[t * pitch + off / width];
+            }
+        }
+    }
+}
+
+/// `acc[2np], acc[2np + 1] += A · B` for the two `16 × 8` tiles whose `B` fragments one
+/// `ldmatrix` x4 loaded into `regs` (tile `2np` from registers 0-1, `2np + 1` from 2-3).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_pair<F: Float, NA: Size>(
+    def: MmaDefinition<F, F, f32>,
+    a_frag: &Array<Vector<F, NA>>,
+    regs: &Array<Vector<F, FragB>>,
+    acc: &mut Array<Vector<f32, FragC>>,
+    b_frag: &mut Array<Vector<F, FragB>>,
+    c_frag: &mut Array<Vector<f32, FragC>>,
+    np: usize,
+) {
+    let nc = def.vectors_per_lane(MatrixIdent::Accumulator);
+    #[unroll]
+    for half in 0..2usize {
+        let nt = 2 * np + half;
+        #[unroll]
+        for i in 0..2usize {
+            b_frag[i] = regs[half * 2usize + i];
+        }
+        #[unroll]
+        for i in 0..nc {
+            c_frag[i] = acc[nt * nc + i];
+        }
+        let d_frag = def.execute(a_frag, b_frag, c_frag);
+        #[unroll]
+        for i in 0..nc {
+            acc[nt * nc + i] = d_frag[i];
+        }
+    }
+}
+
+/// Rows `0..64` of `C₀` from entry `first` of `DQK` (row `a` at `base + a · row_stride`),
+/// columns `col0..col0 + 64`, into `tile`, zero past `count` rows and `DV` columns.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_columns<F: Float, W: Size>(
+    src: &Tensor<Vector<F, W>>,
+    base: usize,
+    row_stride: usize,
+    count: usize,
+    col0: usize,
+    dv: usize,
+    tile: &mut SharedMemory<Vector<F, W>>,
+) {
+    stage::<F, W>(src, base, row_stride, count, col0, dv, tile, SLICE);
+}
