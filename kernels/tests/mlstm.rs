@@ -609,6 +609,8 @@ fn gradients<B: MlstmBackend>(dev: &B::Device) {
         ([1, 3, 70, 32, 16], 64),
         ([1, 1, 100, 16, 16], 64),
         ([1, 1, 50, 16, 16], 20),
+        // DV over 256: on CUDA the fused state kernel with the products for the outputs.
+        ([1, 2, 45, 16, 264], 32),
     ];
     let half_type = half_type::<B>(dev);
     let mut failures = vec![];
@@ -1272,6 +1274,9 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             (2, 3, 5, 33, 18, 36),
             (1, 2, 2, 7, 40, 24),
             (1, 1, 3, 128, 64, 72),
+            // DQK over two slices of the fused output kernel (64 + 32), DV over four column
+            // tiles, the last of 8 columns.
+            (1, 2, 2, 64, 96, 200),
         ] {
             let g = b * nh;
             let what = format!("{dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
