@@ -21,6 +21,7 @@ use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
+use super::mma_tiles::PLANE;
 use super::output_mma_kernel::{
     chunk_outputs_mma_kernel, output_shared_bytes, OUTPUT_MAX_LEN, OUTPUT_PLANES, OUTPUT_TILE,
 };
@@ -29,9 +30,7 @@ use super::rows_kernel::{
     COLUMN_UNITS, ROWS_PER_CUBE, ROW_UNITS,
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
-use super::state_mma_kernel::{
-    chunk_states_mma_kernel, shared_bytes, PLANE, STATE_PLANES, STATE_TILE,
-};
+use super::state_mma_kernel::{chunk_states_mma_kernel, shared_bytes, STATE_PLANES, STATE_TILE};
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::{ChunkGates, ChunkStates, MlstmBackend};
 

@@ -26,6 +26,8 @@ mod dots_kernel;
 mod gate_kernel;
 mod gates;
 #[cfg(feature = "cube")]
+mod mma_tiles;
+#[cfg(feature = "cube")]
 mod output_mma_kernel;
 #[cfg(feature = "cube")]
 mod rows_kernel;

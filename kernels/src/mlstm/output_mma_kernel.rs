@@ -19,7 +19,10 @@ use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 
-use super::state_mma_kernel::PLANE;
+use super::mma_tiles::{
+    load_x4, mma_pair, register_fragment_sizes, store_x4, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N,
+    PITCH, PLANE,
+};
 
 /// Columns of `DV` per cube.
 pub(crate) const OUTPUT_TILE: usize = 64;
@@ -29,40 +32,15 @@ pub(crate) const OUTPUT_PLANES: usize = 4;
 pub(crate) const OUTPUT_MAX_LEN: usize = 16 * OUTPUT_PLANES;
 /// `DQK` entries staged per round.
 const SLICE: usize = 64;
-/// Row pitch of the shared-memory tiles in entries: 64 + 8, so that the 16-byte rows that
-/// `ldmatrix` reads fall in distinct banks.
-const PITCH: usize = 72;
-const MMA_M: usize = 16;
-const MMA_N: usize = 8;
-const MMA_K: usize = 16;
 /// `8`-column accumulator tiles per plane: 64 token columns of `S`, 64 value columns of `h`.
 const TILES_N: usize = 8;
 /// Units per cube.
 const UNITS: usize = PLANE * OUTPUT_PLANES;
 
-cubecl::define_size!(FragA);
-cubecl::define_size!(FragB);
-cubecl::define_size!(FragC);
-
 /// Shared memory of one cube in bytes for operands of `elem_bytes`: the staged `Q`, `K` and
 /// `C₀` slices and `V`, 64 rows each, and the chunk's gates.
 pub(crate) fn output_shared_bytes(elem_bytes: usize) -> usize {
     4 * OUTPUT_MAX_LEN * PITCH * elem_bytes + (3 * OUTPUT_MAX_LEN + SLICE) * 4
-}
-
-/// Binds the per-lane vector sizes of the three fragment kinds to what the runtime's `mma`
-/// uses (CUDA: two 16-bit entries per 32-bit register, two f32 accumulators).
-#[cube]
-#[allow(unused_variables)]
-fn register_fragment_sizes<F: Float>(def: MmaDefinition<F, F, f32>) {
-    let a = def.vector_size(MatrixIdent::A);
-    let b = def.vector_size(MatrixIdent::B);
-    let c = def.vector_size(MatrixIdent::Accumulator);
-    intrinsic!(|scope| {
-        scope.register_size::<FragA>(a);
-        scope.register_size::<FragB>(b);
-        scope.register_size::<FragC>(c);
-    });
 }
 
 /// Rows `0..rows` and entries `first..first + 64` of one `[rows, D]` operand (row `r` at
@@ -145,8 +123,6 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
     let c = chunk % chunks;
     let row0 = plane * MMA_M; // this plane's first token
     let active = row0 < len;
-    let lane_row = (lane % 8) as usize;
-    let quad = (lane / 8) as usize;
 
     // The chunk's gates: F_t (the cumulative log f, summed in token order from shared memory)
     // and ĩ_s, zero past L.
@@ -216,7 +192,7 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
             n_tile[u] = n;
         }
         let c_count = dqk - first;
-        stage_columns::<F, W>(
+        stage::<F, W>(
             c_start,
             c_base + first * c_start.stride(3),
             c_start.stride(3),
@@ -224,36 +200,39 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
             col0,
             dv,
             &mut c_tile,
+            SLICE,
         );
         // Protects: the slice is complete before any plane reads it.
         sync_cube();
         if active {
             #[unroll]
             for ks in 0..comptime!(SLICE / MMA_K) {
-                // A = Q[t, a] (m = token, k = key entry), row-major: matrices
-                // (rows 0-7 | 8-15) × (entries 0-7 | 8-15).
-                let t = row0 + 8usize * (quad % 2usize) + lane_row;
-                let a = ks * MMA_K + 8usize * (quad / 2usize);
-                let at = t * pitch + a / width;
-                let a_frag = def.load_matrix::<Vector<F, W>, FragA>(
-                    &q_tile.slice(at, at + comptime!(8 / width)),
+                // A = Q[t, a] (m = token, k = key entry), row-major.
+                let a_frag = load_x4::<F, W, FragA>(
+                    def,
+                    &q_tile,
+                    row0,
+                    ks * MMA_K,
+                    true,
                     MatrixIdent::A,
-                    4usize,
                     false,
+                    width,
                 );
                 #[unroll]
                 for np in 0..comptime!(TILES_N / 2) {
-                    // B = Kᵀ[a, s] (n = token) from K[s][a]: matrices (tokens 0-7 | 8-15) ×
-                    // (entries 0-7 | 8-15), no transpose; only the columns s ≤ this plane's last.
+                    // B = Kᵀ[a, s] (k = key entry, n = token) from K's rows [s][a], no
+                    // transpose: `k` runs along the tile's columns. Only the token columns
+                    // s ≤ this plane's last.
                     if np <= plane {
-                        let s = 16usize * np + 8usize * (quad / 2usize) + lane_row;
-                        let a = ks * MMA_K + 8usize * (quad % 2usize);
-                        let at = s * pitch + a / width;
-                        let regs = def.load_matrix::<Vector<F, W>, FragB>(
-                            &k_tile.slice(at, at + comptime!(8 / width)),
-                            MatrixIdent::B,
-                            4usize,
+                        let regs = load_x4::<F, W, FragB>(
+                            def,
+                            &k_tile,
+                            16usize * np,
+                            ks * MMA_K,
                             false,
+                            MatrixIdent::B,
+                            false,
+                            width,
                         );
                         mma_pair(
                             def,
@@ -266,15 +245,16 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                         );
                     }
                     // B = C₀[a, d] (k = key entry, n = value entry), row-major, transposed by
-                    // `ldmatrix`: matrices (entries 0-7 | 8-15) × (columns 0-7 | 8-15).
-                    let a = ks * MMA_K + 8usize * (quad % 2usize) + lane_row;
-                    let d = (2usize * np + quad / 2usize) * MMA_N;
-                    let at = a * pitch + d / width;
-                    let regs = def.load_matrix::<Vector<F, W>, FragB>(
-                        &c_tile.slice(at, at + comptime!(8 / width)),
-                        MatrixIdent::B,
-                        4usize,
+                    // `ldmatrix`.
+                    let regs = load_x4::<F, W, FragB>(
+                        def,
+                        &c_tile,
+                        ks * MMA_K,
+                        2usize * np * MMA_N,
                         true,
+                        MatrixIdent::B,
+                        true,
+                        width,
                     );
                     mma_pair(def, &a_frag, &regs, &mut out, &mut b_frag, &mut c_frag, np);
                 }
@@ -429,15 +409,17 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                 }
                 #[unroll]
                 for np in 0..comptime!(TILES_N / 2) {
-                    // B = V[s, d] (k = token, n = value entry), transposed by `ldmatrix`.
-                    let s = j * MMA_K + 8usize * (quad % 2usize) + lane_row;
-                    let d = (2usize * np + quad / 2usize) * MMA_N;
-                    let at = s * pitch + d / width;
-                    let regs = def.load_matrix::<Vector<F, W>, FragB>(
-                        &v_tile.slice(at, at + comptime!(8 / width)),
-                        MatrixIdent::B,
-                        4usize,
+                    // B = V[s, d] (k = token, n = value entry), row-major, transposed by
+                    // `ldmatrix`.
+                    let regs = load_x4::<F, W, FragB>(
+                        def,
+                        &v_tile,
+                        j * MMA_K,
+                        2usize * np * MMA_N,
                         true,
+                        MatrixIdent::B,
+                        true,
+                        width,
                     );
                     mma_pair(def, &p_high, &regs, &mut out, &mut b_frag, &mut c_frag, np);
                     mma_pair(def, &p_low, &regs, &mut out, &mut b_frag, &mut c_frag, np);
@@ -467,16 +449,13 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                         Vector::cast_from(out[(2usize * np + j) * nc + i] / den);
                 }
             }
-            let t = row0 + 8usize * (quad % 2usize) + lane_row;
-            let d = (2usize * np + quad / 2usize) * MMA_N;
-            let at = t * pitch + d / width;
-            let mut slot = q_tile.slice_mut(at, at + comptime!(8 / width));
-            def.store_matrix(
-                &mut slot,
+            store_x4::<F, W>(
+                def,
+                &mut q_tile,
                 &half_frags,
-                MatrixIdent::Accumulator,
-                4usize,
-                false,
+                row0,
+                2usize * np * MMA_N,
+                width,
             );
         }
     }
@@ -497,53 +476,4 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
             }
         }
     }
-}
-
-/// `acc[2np], acc[2np + 1] += A · B` for the two `16 × 8` tiles whose `B` fragments one
-/// `ldmatrix` x4 loaded into `regs` (tile `2np` from registers 0-1, `2np + 1` from 2-3).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn mma_pair<F: Float, NA: Size>(
-    def: MmaDefinition<F, F, f32>,
-    a_frag: &Array<Vector<F, NA>>,
-    regs: &Array<Vector<F, FragB>>,
-    acc: &mut Array<Vector<f32, FragC>>,
-    b_frag: &mut Array<Vector<F, FragB>>,
-    c_frag: &mut Array<Vector<f32, FragC>>,
-    np: usize,
-) {
-    let nc = def.vectors_per_lane(MatrixIdent::Accumulator);
-    #[unroll]
-    for half in 0..2usize {
-        let nt = 2 * np + half;
-        #[unroll]
-        for i in 0..2usize {
-            b_frag[i] = regs[half * 2usize + i];
-        }
-        #[unroll]
-        for i in 0..nc {
-            c_frag[i] = acc[nt * nc + i];
-        }
-        let d_frag = def.execute(a_frag, b_frag, c_frag);
-        #[unroll]
-        for i in 0..nc {
-            acc[nt * nc + i] = d_frag[i];
-        }
-    }
-}
-
-/// Rows `0..64` of `C₀` from entry `first` of `DQK` (row `a` at `base + a · row_stride`),
-/// columns `col0..col0 + 64`, into `tile`, zero past `count` rows and `DV` columns.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stage_columns<F: Float, W: Size>(
-    src: &Tensor<Vector<F, W>>,
-    base: usize,
-    row_stride: usize,
-    count: usize,
-    col0: usize,
-    dv: usize,
-    tile: &mut SharedMemory<Vector<F, W>>,
-) {
-    stage::<F, W>(src, base, row_stride, count, col0, dv, tile, SLICE);
 }

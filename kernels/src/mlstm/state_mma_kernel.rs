@@ -15,47 +15,24 @@ use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 
+use super::mma_tiles::{
+    load_x4, register_fragment_sizes, store_x4, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH,
+    PLANE,
+};
+
 /// Side of the square state tile of one cube (rows of `DQK`, columns of `DV`).
 pub(crate) const STATE_TILE: usize = 64;
 /// Planes per cube, 2 × 2, each owning a 32 × 32 quarter of the tile.
 pub(crate) const STATE_PLANES: usize = 4;
-/// Units per plane (`mma.sync` is a warp-wide instruction).
-pub(crate) const PLANE: usize = 32;
-/// Row pitch of the shared-memory tiles in entries: 64 + 8 (144 bytes), so that the 16-byte rows
-/// that `ldmatrix`/`stmatrix` and the staging move fall in distinct banks.
-const PITCH: usize = 72;
-/// The `mma` shape: `M × N × K`.
-const MMA_M: usize = 16;
-const MMA_N: usize = 8;
-const MMA_K: usize = 16;
 /// Fragments per plane along `DQK` (16 rows each) and `DV` (8 columns each).
 const TILES_M: usize = 2;
 const TILES_N: usize = 4;
-
-cubecl::define_size!(FragA);
-cubecl::define_size!(FragB);
-cubecl::define_size!(FragC);
 
 /// Shared memory of one cube in bytes for chunks of `len` tokens and operands of `elem_bytes`:
 /// the keys and values of a chunk (rows padded to a multiple of 16 tokens) and the outgoing
 /// chunk-start tile.
 pub(crate) fn shared_bytes(len: usize, elem_bytes: usize) -> usize {
     (2 * len.next_multiple_of(MMA_K) + STATE_TILE) * PITCH * elem_bytes
-}
-
-/// Binds the per-lane vector sizes of the three fragment kinds to what the runtime's `mma`
-/// uses (CUDA: two 16-bit entries per 32-bit register, two f32 accumulators).
-#[cube]
-#[allow(unused_variables)]
-fn register_fragment_sizes<F: Float>(def: MmaDefinition<F, F, f32>) {
-    let a = def.vector_size(MatrixIdent::A);
-    let b = def.vector_size(MatrixIdent::B);
-    let c = def.vector_size(MatrixIdent::Accumulator);
-    intrinsic!(|scope| {
-        scope.register_size::<FragA>(a);
-        scope.register_size::<FragB>(b);
-        scope.register_size::<FragC>(c);
-    });
 }
 
 /// One chunk's weighted keys (the tile's rows of `C`) and values (its columns) of this unit's
@@ -147,10 +124,6 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
     let col0 = (CUBE_POS_X as usize % tiles_v) * STATE_TILE; // first column (a value entry)
     let plane_row = (plane / 2) * 32;
     let plane_col = (plane % 2) * 32;
-    // The row of an 8 × 8 matrix whose address this lane gives `ldmatrix`/`stmatrix`, and which
-    // of the four matrices.
-    let lane_row = (lane % 8) as usize;
-    let quad = (lane / 8) as usize;
 
     // The plane's 32 × 32 quarter as TILES_M × TILES_N accumulator fragments, from c0.
     let mut acc = Array::<Vector<f32, FragC>>::new(comptime!(TILES_M * TILES_N * nc));
@@ -232,16 +205,13 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                             Vector::cast_from(acc[(mt * TILES_N + 2usize * np + j) * nc + i]);
                     }
                 }
-                let row = plane_row + mt * MMA_M + 8usize * (quad % 2usize) + lane_row;
-                let col = plane_col + (2usize * np + quad / 2usize) * MMA_N;
-                let at = row * pitch + col / width;
-                let mut slot = outgoing.slice_mut(at, at + comptime!(8 / width));
-                def.store_matrix(
-                    &mut slot,
+                store_x4::<F, W>(
+                    def,
+                    &mut outgoing,
                     &half_frags,
-                    MatrixIdent::Accumulator,
-                    4usize,
-                    false,
+                    plane_row + mt * MMA_M,
+                    plane_col + 2usize * np * MMA_N,
+                    width,
                 );
             }
         }
@@ -274,18 +244,19 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
         // A runtime loop over the 16-token steps (not unrolled): unrolled, the compiler kept
         // every step's fragments live at once (178 registers per unit, two cubes per SM).
         for ks in 0..steps {
-            // B = V[s, d] (k = token, n = value entry), transposed by `ldmatrix`: two fragments
-            // per load, matrices (tokens 0-7 | 8-15) × (columns 0-7 | 8-15).
+            // B = V[s, d] (k = token, n = value entry), row-major, transposed by `ldmatrix`:
+            // two fragments per load.
             #[unroll]
             for np in 0..comptime!(TILES_N / 2) {
-                let s = ks * MMA_K + 8usize * (quad % 2usize) + lane_row;
-                let col = plane_col + (2usize * np + quad / 2usize) * MMA_N;
-                let at = s * pitch + col / width;
-                let regs = def.load_matrix::<Vector<F, W>, FragB>(
-                    &values.slice(at, at + comptime!(8 / width)),
-                    MatrixIdent::B,
-                    4usize,
+                let regs = load_x4::<F, W, FragB>(
+                    def,
+                    &values,
+                    ks * MMA_K,
+                    plane_col + 2usize * np * MMA_N,
                     true,
+                    MatrixIdent::B,
+                    true,
+                    width,
                 );
                 #[unroll]
                 for i in 0..4usize {
@@ -294,16 +265,17 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             }
             #[unroll]
             for mt in 0..TILES_M {
-                // A = K_wᵀ[a, s] (m = key entry, k = token), transposed by `ldmatrix`:
-                // matrices (rows 0-7 | 8-15) × (tokens 0-7 | 8-15).
-                let s = ks * MMA_K + 8 * (quad / 2usize) + lane_row;
-                let a = plane_row + mt * MMA_M + 8usize * (quad % 2usize);
-                let at = s * pitch + a / width;
-                let a_frag = def.load_matrix::<Vector<F, W>, FragA>(
-                    &keys.slice(at, at + comptime!(8 / width)),
+                // A = K_wᵀ[a, s] (m = key entry, k = token) from the keys' rows [s][a],
+                // transposed by `ldmatrix`: `m` runs along the tile's columns.
+                let a_frag = load_x4::<F, W, FragA>(
+                    def,
+                    &keys,
+                    ks * MMA_K,
+                    plane_row + mt * MMA_M,
+                    false,
                     MatrixIdent::A,
-                    4usize,
                     true,
+                    width,
                 );
                 #[unroll]
                 for nt in 0..TILES_N {
