@@ -460,8 +460,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
 /// (`output_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]): chunks of at most
 /// [`OUTPUT_MAX_LEN`] tokens, `c_start` of the inputs' type, every cube within one grid axis;
 /// and `DV` up to [`FUSED_OUTPUTS_MAX_DV`] unless switched ([`fused_outputs`]). `None` otherwise
-/// (the caller runs the
-/// products).
+/// (the caller runs the products).
 #[allow(clippy::too_many_arguments)]
 fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     q: &Tensor<Cube<R, F, I, BT>, 5>,
@@ -488,7 +487,6 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         || c_start.dtype() != dtype
         || b * nh * nc * len * dqk * dv == 0
         || len > OUTPUT_MAX_LEN
-        || cubes > i32::MAX as usize
     {
         return None;
     }
