@@ -1280,42 +1280,63 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
         ] {
             let g = b * nh;
             let what = format!("{dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
-            let k_w = round_bf16(&r.uniform(g * nc * len * dqk, -0.2, 0.2));
+            let keys = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
+            // The keys' weights in C (rounded with the keys to the inputs' type) and in n.
+            let w = r.uniform(g * nc * len, 0.0, 0.2);
+            let u = r.uniform(g * nc * len, -0.5, 0.5);
             let v = round_bf16(&r.uniform(g * nc * len * dv, -1.0, 1.0));
             let decay = r.uniform(g * nc, 0.3, 1.0);
             let c0 = r.uniform(g * dqk * dv, -1.0, 1.0);
+            let n0 = r.uniform(g * dqk, -1.0, 1.0);
             let rd = Default::default();
-            keep_going(&mut failures, || {
-                let on = |t: Tensor<B, 5>| if is_half { t.cast(dtype) } else { t };
-                let (start, end) = B::mlstm_chunk_states(
-                    on(tensor(&k_w, [b, nh, nc, len, dqk], dev)),
-                    on(tensor(&v, [b, nh, nc, len, dv], dev)),
-                    tensor(&decay, [b, nh, nc], dev),
-                    tensor(&c0, [b, nh, dqk, dv], dev),
-                );
-                assert_eq!(start.dtype(), dtype, "states: chunk-start float type");
-                let (want_start, want_end) = Ref::mlstm_chunk_states(
-                    tensor(&k_w, [b, nh, nc, len, dqk], &rd),
-                    tensor(&v, [b, nh, nc, len, dv], &rd),
-                    tensor(&decay, [b, nh, nc], &rd),
-                    tensor(&c0, [b, nh, dqk, dv], &rd),
-                );
-                let start_bound = if is_half { 5e-3 } else { 1e-6 };
-                check(
-                    &format!("states {what} start"),
-                    values(start),
-                    values(want_start),
-                    start_bound,
-                );
-                // Each chunk's increment is rounded to the half type before it is added.
-                let end_bound = if is_half { 5e-3 } else { 1e-5 };
-                check(
-                    &format!("states {what} end"),
-                    values(end),
-                    values(want_end),
-                    end_bound,
-                );
-            });
+            // In order (the forward's states) and last chunk first (the backward's gradients).
+            for reverse in [false, true] {
+                keep_going(&mut failures, || {
+                    fn states<C: MlstmBackend>(
+                        d: &C::Device,
+                        [keys, w, u, v, decay, c0, n0]: [&[f32]; 7],
+                        [b, nh, nc, len, dqk, dv]: [usize; 6],
+                        dtype: DType,
+                        reverse: bool,
+                    ) -> [Vec<f64>; 4] {
+                        let on = |t: Tensor<C, 5>| t.cast(dtype);
+                        let kept = C::mlstm_chunk_states(
+                            on(tensor(keys, [b, nh, nc, len, dqk], d)),
+                            tensor(w, [b, nh, nc, len], d),
+                            tensor(u, [b, nh, nc, len], d),
+                            on(tensor(v, [b, nh, nc, len, dv], d)),
+                            tensor(decay, [b, nh, nc], d),
+                            tensor(c0, [b, nh, dqk, dv], d),
+                            tensor(n0, [b, nh, dqk], d),
+                            reverse,
+                        );
+                        assert_eq!(kept.c_start.dtype(), dtype, "states: chunk-start type");
+                        assert_eq!(kept.n_start.dims(), [b, nh, nc, dqk], "states: n's shape");
+                        [
+                            values(kept.c_start),
+                            values(kept.c_end),
+                            values(kept.n_start),
+                            values(kept.n_end),
+                        ]
+                    }
+                    let parts = [&keys[..], &w, &u, &v, &decay, &c0, &n0];
+                    let dims = [b, nh, nc, len, dqk, dv];
+                    let got = states::<B>(dev, parts, dims, dtype, reverse);
+                    let want = states::<Ref>(&rd, parts, dims, DType::F32, reverse);
+                    // Half types: the weighted keys and the chunk-start states are rounded.
+                    let c_bound = if is_half { 5e-3 } else { 1e-5 };
+                    let names = ["C start", "C end", "n start", "n end"];
+                    for ((name, got), want) in names.iter().zip(got).zip(want) {
+                        let bound = if name.starts_with('C') { c_bound } else { 1e-5 };
+                        check(
+                            &format!("states {what} reverse {reverse} {name}"),
+                            got,
+                            want,
+                            bound,
+                        );
+                    }
+                });
+            }
 
             let q = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
             let k = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));

@@ -35,7 +35,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 
-use super::chunk_matmul::{boundary_states, scan_chunks, sums_type};
+use super::chunk_matmul::{scan_chunks, sums_type};
 use super::chunked::{batch_groups, chunks, reverse_cumsum, ChunkGates, Chunked};
 use super::gates::one_hot;
 use super::{ChunkStates, MlstmBackend};
@@ -153,12 +153,12 @@ fn group_backward<B: MlstmBackend>(
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
 
-    // w_s k_s / sqrt(DQK), and where the states are recomputed Σ_s w_s k_s / sqrt(DQK) for n.
-    let w_keys = (w.clone() * scale).reshape([b * nh * nc, len]);
-    let (k_w, k_sum) = B::mlstm_weighted_rows(
+    // w_s k_s / sqrt(DQK) (for dv's state term).
+    let w_keys = (w.clone() * scale).reshape([b, nh, nc, len]);
+    let (k_w, _) = B::mlstm_weighted_rows(
         B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
-        w_keys.clone(),
-        states.is_none().then_some(w_keys),
+        w_keys.clone().reshape([b * nh * nc, len]),
+        None,
     );
     let k_w = k_w.reshape([b, nh, nc, len, dqk]);
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
@@ -171,9 +171,16 @@ fn group_backward<B: MlstmBackend>(
         n_start,
         n_end,
     } = states.unwrap_or_else(|| {
-        let k_sum = k_sum.expect("asked for where no states were kept");
-        let k_sum = k_sum.reshape([b, nh, nc, dqk]);
-        boundary_states(k_w.clone(), k_sum, v.clone(), decay.clone(), &state)
+        B::mlstm_chunk_states(
+            k.clone(),
+            w_keys.clone(),
+            w_keys,
+            v.clone(),
+            decay.clone(),
+            state.c.clone().cast(DType::F32),
+            state.n.clone().cast(DType::F32),
+            false,
+        )
     });
     let m_start = m_all.clone().narrow(2, 0, nc);
 
@@ -269,29 +276,29 @@ fn group_backward<B: MlstmBackend>(
     // dv's two terms in the forward's sums type (bf16 where the work is: each is rounded once,
     // then the two are added in f32 and rounded again as dv).
     let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), sums_type(work));
-    // g∘q and dn₀'s term Σ_t g_t dqn_t q_t in one pass over q.
-    let (gq, dn_intra) = B::mlstm_weighted_rows(
-        B::mlstm_rows(q, [chunk_count, len, dqk]),
-        from_rows(g.clone()),
-        Some(from_rows(g.clone() * dqn.clone())),
-    );
-    let gq = gq.reshape([b, nh, nc, len, dqk]);
-    let dn_intra = dn_intra.expect("asked for").reshape([b, nh, nc, dqk]);
-    let dc_intra = mm(gq.swap_dims(3, 4), dnum_w, work); // [B, NH, NC, DQK, DV]
     let dlog_start =
-        (dg * g + dstab_to_start.reshape([b, nh, nc, len, 1])).reshape([b, nh, nc, len]);
+        (dg * g.clone() + dstab_to_start.reshape([b, nh, nc, len, 1])).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
 
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
-    // chunk's outputs' term), likewise dn; dC₁ of every chunk is kept.
-    let (dc_end, dc0) = scan_chunks(decay.clone(), dc_intra, dstate.c.cast(DType::F32), true);
-    let (dn_end, dn0) = scan_chunks(
+    // chunk's outputs' term (g∘Q)ᵀ dnum), dn₀ = e^{F_L+m₀-m₁} dn₁ + Σ_t g_t dqn_t q_t; dC₁ and
+    // dn₁ of every chunk are kept.
+    let by_chunk_token = |t: Tensor<B, 5>| t.reshape([b, nh, nc, len]);
+    let ChunkStates {
+        c_start: dc_end,
+        c_end: dc0,
+        n_start: dn_end,
+        n_end: dn0,
+    } = B::mlstm_chunk_states(
+        q,
+        by_chunk_token(g.clone()),
+        by_chunk_token(g.clone() * dqn.clone()),
+        dnum_w,
         decay.clone(),
-        dn_intra.unsqueeze_dim::<5>(4),
-        dstate.n.cast(DType::F32).unsqueeze_dim::<4>(3),
+        dstate.c.cast(DType::F32),
+        dstate.n.cast(DType::F32),
         true,
     );
-    let dn_end = dn_end.reshape([b, nh, nc, dqk]);
     // ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ and ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ of every chunk, in f32; C₁ is the next
     // chunk's C₀, or the final state.
     let flat = |t: Tensor<B, 5>| t.reshape([b * nh, nc, dqk * dv]);
@@ -334,7 +341,7 @@ fn group_backward<B: MlstmBackend>(
     let dm_new = dm_end.reshape([b, nh, nc]) - with_next; // d m₁ of every chunk
     let d_dec = dm_new.clone().mask_fill(from_decay.clone().bool_not(), 0.0) + decay_term;
     let d_loc = dm_new.mask_fill(from_decay, 0.0); // d max_s log w_s
-    let (dc, dn, dm) = (dc0, dn0.reshape([b, nh, dqk]), dm0.reshape([b, nh]));
+    let (dc, dn, dm) = (dc0, dn0, dm0.reshape([b, nh]));
 
     // The chunks' own terms of their end states.
     // dk = (dP∘A)ᵀ Q + w (V dC₁ᵀ + dn₁) (then the key scale), and d log w_s = k_s·(the

@@ -2,7 +2,7 @@
 //! written with the backend's ops, in three backend primitives: the stabiliser over chunks
 //! ([`MlstmBackend::mlstm_stabiliser_scan`]), the chunk-boundary states
 //! ([`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` per chunk, then the linear scan
-//! [`MlstmBackend::mlstm_chunk_scan`]) and the outputs of every chunk from its start state
+//! [`MlstmBackend::mlstm_chunk_scan`], likewise `n`) and the outputs of every chunk from its start state
 //! ([`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ`, the gate matrix
 //! [`MlstmBackend::mlstm_gate_matrix`], `(D∘P) V`, `Q C₀`, then
 //! [`MlstmBackend::mlstm_chunk_combine`]). Their defaults here run the products through
@@ -106,22 +106,18 @@ fn group_forward<B: MlstmBackend>(
     let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
 
-    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}; the weighted
-    // keys w_s k_s and their sum Σ_s w_s k_s (for n) in one pass.
-    let w = ((log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale)
-        .reshape([b * nh * nc, len]);
-    let (k_w, k_sum) = B::mlstm_weighted_rows(
-        B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
+    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}: the keys'
+    // weights in C and n.
+    let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
+    let kept = B::mlstm_chunk_states(
+        k.clone(),
         w.clone(),
-        Some(w),
-    );
-    let k_sum = k_sum.expect("asked for").reshape([b, nh, nc, dqk]);
-    let kept = boundary_states(
-        k_w.reshape([b, nh, nc, len, dqk]),
-        k_sum,
+        w,
         v.clone(),
         decay,
-        &state,
+        state.c.clone().cast(DType::F32),
+        state.n.clone().cast(DType::F32),
+        false,
     );
     let h = B::mlstm_chunk_outputs(
         q,
@@ -145,26 +141,36 @@ fn group_forward<B: MlstmBackend>(
     (h, final_state, kept)
 }
 
-/// The chunk-boundary states from the initial `state`: `C₁ = e^{F_L+m₀-m₁} C₀ + Σ_s w_s k_s v_sᵀ`
-/// per chunk (eq. 19 summed over the chunk), likewise `n`, from the weighted keys
-/// `k_w [B, NH, NC, L, DQK]` (`w_s k_s`, the key scale included), their sum over each chunk
-/// `k_sum [B, NH, NC, DQK]` (f32), `v [B, NH, NC, L, DV]` and
-/// `decay [B, NH, NC]` (`e^{F_L+m₀-m₁}`). The forward and the backward's recompute share it.
-pub(crate) fn boundary_states<B: MlstmBackend>(
-    k_w: Tensor<B, 5>,
-    k_sum: Tensor<B, 4>,
+/// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: the weighted keys and their
+/// sums for `n` in one pass, `(w∘K)ᵀ V` of every chunk as one batched product (in `k`'s float
+/// type, as TFLA keeps the states), then the scans.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_states<B: MlstmBackend>(
+    k: Tensor<B, 5>,
+    w: Tensor<B, 4>,
+    u: Tensor<B, 4>,
     v: Tensor<B, 5>,
     decay: Tensor<B, 3>,
-    state: &MlstmState<B>,
+    c0: Tensor<B, 4>,
+    n0: Tensor<B, 3>,
+    reverse: bool,
 ) -> ChunkStates<B> {
-    let [b, nh, nc, _, dqk] = k_w.dims();
-    let (c_start, c_end) =
-        B::mlstm_chunk_states(k_w, v, decay.clone(), state.c.clone().cast(DType::F32));
+    let [b, nh, nc, len, dqk] = k.dims();
+    let dtype = k.dtype();
+    let flat = |t: Tensor<B, 4>| t.reshape([b * nh * nc, len]);
+    let (k_w, k_sum) = B::mlstm_weighted_rows(
+        B::mlstm_rows(k, [b * nh * nc, len, dqk]),
+        flat(w),
+        Some(flat(u)),
+    );
+    let k_w = k_w.reshape([b, nh, nc, len, dqk]);
+    let kv = B::mlstm_matmul(k_w.swap_dims(3, 4), v, dtype); // [B, NH, NC, DQK, DV]
+    let (c_start, c_end) = scan_chunks(decay.clone(), kv, c0, reverse);
     let (n_start, n_end) = scan_chunks(
         decay,
-        k_sum.unsqueeze_dim::<5>(4), // [B, NH, NC, DQK, 1]
-        state.n.clone().cast(DType::F32).unsqueeze_dim::<4>(3),
-        false,
+        k_sum.expect("asked for").reshape([b, nh, nc, dqk, 1]),
+        n0.unsqueeze_dim::<4>(3),
+        reverse,
     );
     ChunkStates {
         c_start,
@@ -172,19 +178,6 @@ pub(crate) fn boundary_states<B: MlstmBackend>(
         n_start: n_start.reshape([b, nh, nc, dqk]),
         n_end: n_end.reshape([b, nh, dqk]),
     }
-}
-
-/// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` of every chunk as one
-/// batched product (in `k_w`'s float type, as TFLA keeps the states), then the scan.
-pub(crate) fn chunk_states<B: MlstmBackend>(
-    k_w: Tensor<B, 5>,
-    v: Tensor<B, 5>,
-    decay: Tensor<B, 3>,
-    c0: Tensor<B, 4>,
-) -> (Tensor<B, 5>, Tensor<B, 4>) {
-    let dtype = k_w.dtype();
-    let kv = B::mlstm_matmul(k_w.swap_dims(3, 4), v, dtype); // [B, NH, NC, DQK, DV]
-    scan_chunks(decay, kv, c0, false)
 }
 
 /// [`MlstmBackend::mlstm_chunk_scan`] over per-head stacks: `x ← a_c x + b_c` with

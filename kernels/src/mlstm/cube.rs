@@ -394,18 +394,23 @@ fn mma_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, lengths: &
 }
 
 /// The chunk-boundary states of [`MlstmBackend::mlstm_chunk_states`] in one kernel on the
-/// device's `mma` (`state_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]), the batch
-/// entries and heads within one grid axis, unless switched off ([`fused_states`]). `None`
-/// otherwise (the caller runs the products and the scan).
-#[allow(clippy::type_complexity)]
+/// device's `mma` (`state_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]: vectors of
+/// 16 bytes for its `cp.async` staging), the batch entries and heads within one grid axis,
+/// unless switched off ([`fused_states`]). `None` otherwise (the caller runs the products and
+/// the scans).
+#[allow(clippy::too_many_arguments)]
 fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    k_w: &Tensor<Cube<R, F, I, BT>, 5>,
+    k: &Tensor<Cube<R, F, I, BT>, 5>,
+    w: &Tensor<Cube<R, F, I, BT>, 4>,
+    u: &Tensor<Cube<R, F, I, BT>, 4>,
     v: &Tensor<Cube<R, F, I, BT>, 5>,
     decay: &Tensor<Cube<R, F, I, BT>, 3>,
     c0: &Tensor<Cube<R, F, I, BT>, 4>,
-) -> Option<(Tensor<Cube<R, F, I, BT>, 5>, Tensor<Cube<R, F, I, BT>, 4>)> {
-    let dtype = k_w.dtype();
-    let [b, nh, nc, len, dqk] = k_w.dims();
+    n0: &Tensor<Cube<R, F, I, BT>, 3>,
+    reverse: bool,
+) -> Option<ChunkStates<Cube<R, F, I, BT>>> {
+    let dtype = k.dtype();
+    let [b, nh, nc, len, dqk] = k.dims();
     let dv = v.dims()[4];
     if fused_states() == Switch::Off
         || v.dtype() != dtype
@@ -414,11 +419,11 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     {
         return None;
     }
-    let client = k_w.clone().into_primitive().tensor().client;
+    let client = k.clone().into_primitive().tensor().client;
     if !mma_kernels_take(&client, dtype, shared_bytes(len, dtype.size())) {
         return None;
     }
-    let k_p = rows_prim(k_w.clone());
+    let k_p = rows_prim(k.clone());
     let v_p = rows_prim(v.clone());
     let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
     if !unit_last(&k_p) || !unit_last(&v_p) {
@@ -429,11 +434,19 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
         dtype,
         &[row_stride(&k_p), row_stride(&v_p), dqk, dv],
     );
+    if width * dtype.size() != 16 {
+        // The staging is 16-byte `cp.async` (`mma_tiles::stage_async`).
+        return None;
+    }
     let elem: StorageType = dtype.into();
+    let [w, u] = [w, u].map(|t| prim(t.clone().cast(DType::F32)));
     let decay = prim(decay.clone());
     let c0 = prim(c0.clone());
+    let n0 = prim(n0.clone());
     let c_start = empty(&k_p, vec![b, nh, nc, dqk, dv], dtype);
     let c_end = empty(&k_p, vec![b, nh, dqk, dv], DType::F32);
+    let n_start = empty(&k_p, vec![b, nh, nc, dqk], DType::F32);
+    let n_end = empty(&k_p, vec![b, nh, dqk], DType::F32);
     let tiles = dqk.div_ceil(STATE_TILE) * dv.div_ceil(STATE_TILE);
     // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
     // indices stay within the tiles it declares.
@@ -445,15 +458,26 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
             width,
             k_p.into_tensor_arg(),
             v_p.into_tensor_arg(),
+            w.into_tensor_arg(),
+            u.into_tensor_arg(),
             decay.into_tensor_arg(),
             c0.into_tensor_arg(),
+            n0.into_tensor_arg(),
             c_start.clone().into_tensor_arg(),
             c_end.clone().into_tensor_arg(),
+            n_start.clone().into_tensor_arg(),
+            n_end.clone().into_tensor_arg(),
             len,
+            reverse,
             elem,
         );
     }
-    Some((wrap(c_start), wrap(c_end)))
+    Some(ChunkStates {
+        c_start: wrap(c_start),
+        c_end: wrap(c_end),
+        n_start: wrap(n_start),
+        n_end: wrap(n_end),
+    })
 }
 
 /// The outputs of [`MlstmBackend::mlstm_chunk_outputs`] in one kernel on the device's `mma`
@@ -512,6 +536,12 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             dv,
         ],
     );
+    if width * dtype.size() != 16 {
+        // The staging copies are 16-byte `cp.async.cg`: at 4 bytes (`DQK` 18, vectors of two
+        // bf16 entries) the H200 raised CUDA_ERROR_MISALIGNED_ADDRESS (session 15). `DQK` and
+        // `DV` not multiples of 8 keep the products.
+        return None;
+    }
     let elem: StorageType = dtype.into();
     let chunks = b * nh * nc;
     let by_chunk = |t: &Tensor<Cube<R, F, I, BT>, 4>| prim(t.clone().reshape([chunks, len]));
@@ -752,14 +782,18 @@ where
     }
 
     fn mlstm_chunk_states(
-        k_w: Tensor<Self, 5>,
+        k: Tensor<Self, 5>,
+        w: Tensor<Self, 4>,
+        u: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
         c0: Tensor<Self, 4>,
-    ) -> (Tensor<Self, 5>, Tensor<Self, 4>) {
-        match mma_chunk_states(&k_w, &v, &decay, &c0) {
+        n0: Tensor<Self, 3>,
+        reverse: bool,
+    ) -> ChunkStates<Self> {
+        match mma_chunk_states(&k, &w, &u, &v, &decay, &c0, &n0, reverse) {
             Some(states) => states,
-            None => super::chunk_matmul::chunk_states(k_w, v, decay, c0),
+            None => super::chunk_matmul::chunk_states(k, w, u, v, decay, c0, n0, reverse),
         }
     }
 

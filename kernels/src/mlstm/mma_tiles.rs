@@ -18,6 +18,7 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
+use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
 /// Units per plane (`mma.sync` is a warp-wide instruction).
@@ -50,7 +51,7 @@ pub(crate) fn register_fragment_sizes<F: Float>(def: MmaDefinition<F, F, f32>) {
 }
 
 /// This lane's address (in vectors of `width` entries) for `ldmatrix`/`stmatrix` x4 on the
-/// 16 × 16 block at (`row0`, `col0`) of a tile with rows of [`PITCH`] entries: row `lane % 8` of
+/// 16 × 16 block at (`row0`, `col0`) of a tile with rows of `pitch` entries: row `lane % 8` of
 /// matrix `q = lane / 8`, whose first coordinate (stepped by `q`'s low bit) runs along the
 /// tile's rows where `first_along_rows`, else along its columns.
 #[cube]
@@ -59,6 +60,7 @@ pub(crate) fn matrices_x4(
     col0: usize,
     #[comptime] first_along_rows: bool,
     #[comptime] width: usize,
+    #[comptime] pitch: usize,
 ) -> usize {
     // The lane bit (of `lane / 8`: 8, its high bit: 16) that steps each tile coordinate by 8.
     let row_bit = comptime!(if first_along_rows { 8usize } else { 16usize });
@@ -66,11 +68,12 @@ pub(crate) fn matrices_x4(
     let lane = UNIT_POS_X as usize;
     let row = row0 + lane % 8 + 8 * ((lane / row_bit) % 2);
     let col = col0 + 8 * ((lane / col_bit) % 2);
-    row * comptime!(PITCH / width) + col / width
+    row * comptime!(pitch / width) + col / width
 }
 
-/// `ldmatrix` x4 of the 16 × 16 block at (`row0`, `col0`) of `tile` ([`matrices_x4`]),
-/// transposed where `transpose`: the registers of one `A` fragment or of two `B` fragments.
+/// `ldmatrix` x4 of the 16 × 16 block at (`row0`, `col0`) of `tile` (rows of `pitch` entries,
+/// [`matrices_x4`]), transposed where `transpose`: the registers of one `A` fragment or of two
+/// `B` fragments.
 #[cube]
 pub(crate) fn load_x4<F: Float, W: Size, N: Size>(
     def: MmaDefinition<F, F, f32>,
@@ -81,8 +84,9 @@ pub(crate) fn load_x4<F: Float, W: Size, N: Size>(
     #[comptime] ident: MatrixIdent,
     #[comptime] transpose: bool,
     #[comptime] width: usize,
+    #[comptime] pitch: usize,
 ) -> Array<Vector<F, N>> {
-    let at = matrices_x4(row0, col0, first_along_rows, width);
+    let at = matrices_x4(row0, col0, first_along_rows, width, pitch);
     def.load_matrix::<Vector<F, W>, N>(
         &tile.slice(at, at + comptime!(8 / width)),
         ident,
@@ -93,7 +97,7 @@ pub(crate) fn load_x4<F: Float, W: Size, N: Size>(
 
 /// `stmatrix` x4 of two accumulator tiles (`16 × 8` each, side by side, `regs` in the
 /// accumulator's register order, rounded to `F`) into the 16 × 16 block at (`row0`, `col0`) of
-/// `tile`.
+/// `tile` (rows of `pitch` entries).
 #[cube]
 pub(crate) fn store_x4<F: Float, W: Size>(
     def: MmaDefinition<F, F, f32>,
@@ -102,8 +106,9 @@ pub(crate) fn store_x4<F: Float, W: Size>(
     row0: usize,
     col0: usize,
     #[comptime] width: usize,
+    #[comptime] pitch: usize,
 ) {
-    let at = matrices_x4(row0, col0, true, width);
+    let at = matrices_x4(row0, col0, true, width, pitch);
     let mut slot = tile.slice_mut(at, at + comptime!(8 / width));
     def.store_matrix(&mut slot, regs, MatrixIdent::Accumulator, 4usize, false);
 }
@@ -137,6 +142,52 @@ pub(crate) fn mma_pair<F: Float, NA: Size>(
         #[unroll]
         for i in 0..nc {
             acc[nt * nc + i] = d_frag[i];
+        }
+    }
+}
+
+/// Rows `0..rows` and entries `first..first + cols` of one `[rows, D]` operand (row `r` at
+/// `base + r · row_stride`) into `tile` from vector `at0` (rows of `pitch` entries), zero past
+/// `count` rows and `D` entries, through `cp.async` (global to shared memory without
+/// registers; vectors of 16 bytes: the H200 raised a misaligned address on 4-byte copies).
+/// The copies are only issued here, every one of the cube's `units` taking its share; the
+/// caller commits them to a barrier and waits on it before reading `tile`. Entries out of range
+/// are zeroed by plain stores (visible after the cube's next synchronisation).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_async<F: Float, W: Size>(
+    src: &Tensor<Vector<F, W>>,
+    base: usize,
+    row_stride: usize,
+    count: usize,
+    first: usize,
+    depth: usize,
+    tile: &mut SharedMemory<Vector<F, W>>,
+    at0: usize,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] pitch: usize,
+    #[comptime] units: usize,
+) {
+    let width = src.vector_size();
+    let per_row = comptime!(cols / width);
+    #[unroll]
+    for i in 0..comptime!((rows * per_row).div_ceil(units)) {
+        let e = UNIT_POS as usize + i * units;
+        if e < rows * per_row {
+            let r = e / per_row;
+            let off = (e % per_row) * width;
+            let at = at0 + r * comptime!(pitch / width) + e % per_row;
+            if r < count && first + off < depth {
+                let from = (base + r * row_stride + first + off) / width;
+                copy_async(
+                    &src.slice(from, from + 1),
+                    &mut tile.slice_mut(at, at + 1),
+                    comptime!(width as u32),
+                );
+            } else {
+                tile[at] = Vector::<F, W>::new(F::new(0.0));
+            }
         }
     }
 }

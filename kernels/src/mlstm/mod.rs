@@ -288,21 +288,30 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The chunk-boundary states of the chunkwise form (eq. 19 summed over each chunk): from
-    /// `c0 [B, NH, DQK, DV]`, per chunk `c` the update `C ← a_c C + K_wᵀ V` with the chunk's
-    /// weighted keys `k_w [B, NH, NC, L, DQK]`, its values `v [B, NH, NC, L, DV]` (one float
-    /// type) and `decay [B, NH, NC]`; `c0` and `decay` f32. Returns `C` before every chunk
-    /// `[B, NH, NC, DQK, DV]` in `k_w`'s float type and after the last `[B, NH, DQK, DV]` in
-    /// f32. The default is a batched product and [`Self::mlstm_chunk_scan`] (on the cube
-    /// backends, the product on tensor cores for half types and the scan one kernel; where the
-    /// device has `mma` for the half type, one fused kernel, `state_mma_kernel.rs`, unless
-    /// `XLSTM_MLSTM_FUSED_STATES=0`).
+    /// `c0 [B, NH, DQK, DV]` and `n0 [B, NH, DQK]` (f32), per chunk `c` the updates
+    /// `C ← a_c C + (w∘K)ᵀ V` and `n ← a_c n + Σ_s u_s k_s` with the chunk's keys
+    /// `k [B, NH, NC, L, DQK]` and values `v [B, NH, NC, L, DV]` (one float type), the keys'
+    /// weights in `C` and in `n`, `w` and `u [B, NH, NC, L]`, and `decay [B, NH, NC]` (f32); the
+    /// weighted keys `w_s k_s` are rounded to the keys' type; over `c = 0..NC`, or `NC-1..=0`
+    /// where `reverse` (the backward's state gradients: `dC ← a_c dC + (g∘Q)ᵀ dnum`,
+    /// `dn ← a_c dn + Σ_t g_t dqn_t q_t`). Returns `C` before every chunk's update
+    /// `[B, NH, NC, DQK, DV]` in `k`'s float type and after the last update `[B, NH, DQK, DV]`,
+    /// and `n` likewise, f32. The default is [`Self::mlstm_weighted_rows`], a batched product and
+    /// [`Self::mlstm_chunk_scan`] (on the cube backends, the product on tensor cores for half
+    /// types and the scan one kernel; where the device has `mma` for the half type, one fused
+    /// kernel, `state_mma_kernel.rs`, unless `XLSTM_MLSTM_FUSED_STATES=0`).
+    #[allow(clippy::too_many_arguments)]
     fn mlstm_chunk_states(
-        k_w: Tensor<Self, 5>,
+        k: Tensor<Self, 5>,
+        w: Tensor<Self, 4>,
+        u: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
         c0: Tensor<Self, 4>,
-    ) -> (Tensor<Self, 5>, Tensor<Self, 4>) {
-        chunk_matmul::chunk_states(k_w, v, decay, c0)
+        n0: Tensor<Self, 3>,
+        reverse: bool,
+    ) -> ChunkStates<Self> {
+        chunk_matmul::chunk_states(k, w, u, v, decay, c0, n0, reverse)
     }
 
     /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k

@@ -17,11 +17,12 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
+use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::mma_tiles::{
-    load_x4, mma_pair, register_fragment_sizes, store_x4, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N,
-    PITCH, PLANE,
+    load_x4, mma_pair, register_fragment_sizes, stage_async, store_x4, FragA, FragB, FragC, MMA_K,
+    MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Columns of `DV` per cube.
@@ -30,24 +31,29 @@ pub(crate) const OUTPUT_TILE: usize = 64;
 pub(crate) const OUTPUT_PLANES: usize = 4;
 /// Longest chunk of the kernel: 16 rows per plane.
 pub(crate) const OUTPUT_MAX_LEN: usize = 16 * OUTPUT_PLANES;
-/// `DQK` entries staged per round.
-const SLICE: usize = 64;
+/// `DQK` entries staged per round (two rounds in flight: one multiplied while the next loads).
+const SLICE: usize = 32;
+/// Row pitch of the staged `Q` and `K` slices in entries: 32 + 8 (80 bytes: the 16-byte rows
+/// `ldmatrix` reads from 8 consecutive rows fall in distinct banks).
+const SLICE_PITCH: usize = 40;
 /// `8`-column accumulator tiles per plane: 64 token columns of `S`, 64 value columns of `h`.
 const TILES_N: usize = 8;
 /// Units per cube.
 const UNITS: usize = PLANE * OUTPUT_PLANES;
 
-/// Shared memory of one cube in bytes for operands of `elem_bytes`: the staged `Q`, `K` and
-/// `C₀` slices and `V`, 64 rows each, and the chunk's gates.
+/// Shared memory of one cube in bytes for operands of `elem_bytes`: two rounds of the staged
+/// `Q`, `K` (64 rows of [`SLICE_PITCH`]) and `C₀` slices (32 rows of [`PITCH`]), `V` (64 rows),
+/// the chunk's gates and two rounds of `n₀`'s slice, and the two barriers.
 pub(crate) fn output_shared_bytes(elem_bytes: usize) -> usize {
-    4 * OUTPUT_MAX_LEN * PITCH * elem_bytes + (3 * OUTPUT_MAX_LEN + SLICE) * 4
+    (2 * (2 * OUTPUT_MAX_LEN * SLICE_PITCH + SLICE * PITCH) + OUTPUT_MAX_LEN * PITCH) * elem_bytes
+        + (3 * OUTPUT_MAX_LEN + 2 * SLICE) * 4
+        + 2 * 8
 }
 
-/// Rows `0..rows` and entries `first..first + 64` of one `[rows, D]` operand (row `r` at
-/// `base + r · row_stride`) into `tile` (rows of `PITCH`), zero past `count` rows and `D`
-/// entries. Every unit of the cube takes its share. (Unconditional loads, an entry out of range
-/// reading the first vector and replaced by zero, took 141 registers against 128 and were no
-/// faster: ptxas still waits on each load before the next, for lack of registers.)
+/// Rows `0..rows` and entries `first..first + cols` of one `[rows, D]` operand (row `r` at
+/// `base + r · row_stride`) into `tile` from vector `at0` (rows of `pitch` entries), zero past
+/// `count` rows and `D` entries. Every unit of the cube takes its share. Synchronous: the loads
+/// pass through registers.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn stage<F: Float, W: Size>(
@@ -58,11 +64,13 @@ fn stage<F: Float, W: Size>(
     first: usize,
     depth: usize,
     tile: &mut SharedMemory<Vector<F, W>>,
+    at0: usize,
     #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] pitch: usize,
 ) {
     let width = src.vector_size();
-    let per_row = comptime!(SLICE / width);
-    let pitch = comptime!(PITCH / width);
+    let per_row = comptime!(cols / width);
     #[unroll]
     for i in 0..comptime!((rows * per_row).div_ceil(UNITS)) {
         let e = UNIT_POS as usize + i * UNITS;
@@ -73,7 +81,7 @@ fn stage<F: Float, W: Size>(
             if r < count && first + off < depth {
                 x = src[(base + r * row_stride + first + off) / width];
             }
-            tile[r * pitch + e % per_row] = x;
+            tile[at0 + r * comptime!(pitch / width) + e % per_row] = x;
         }
     }
 }
@@ -151,17 +159,59 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
         f_cum[u] = acc;
     }
 
-    let mut q_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [t][a]
-    let mut k_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][a]
-    let mut c_tile = SharedMemory::<Vector<F, W>>::new(comptime!(SLICE * PITCH / width)); // [a][d]
+    // Two rounds of the Q, K and C₀ slices and of n₀'s, stacked: round `b` at rows `b·rows`
+    // (Q, K), `b·SLICE` (C₀, n₀).
+    let mut q_tiles = SharedMemory::<Vector<F, W>>::new(comptime!(2 * rows * SLICE_PITCH / width)); // [t][a]
+    let mut k_tiles = SharedMemory::<Vector<F, W>>::new(comptime!(2 * rows * SLICE_PITCH / width)); // [s][a]
+    let mut c_tiles = SharedMemory::<Vector<F, W>>::new(comptime!(2 * SLICE * PITCH / width)); // [a][d]
     let mut v_tile = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][d]
-    let mut n_tile = SharedMemory::<f32>::new(SLICE); // n₀'s entries of the slice
+    let mut n_tiles = SharedMemory::<f32>::new(comptime!(2 * SLICE)); // n₀'s entries
+
+    // One barrier per round: the copies of a round are committed to it when issued, and every
+    // unit arrives and waits on it before the round is multiplied.
+    let barrier_0 = Barrier::shared(UNITS as u32, UNIT_POS == 0);
+    let barrier_1 = Barrier::shared(UNITS as u32, UNIT_POS == 0);
 
     let q_base = batch * q.stride(0) + head * q.stride(1) + c * q.stride(2);
     let k_base = batch * k.stride(0) + head * k.stride(1) + c * k.stride(2);
     let v_base = batch * v.stride(0) + head * v.stride(1) + c * v.stride(2);
     let c_base = batch * c_start.stride(0) + head * c_start.stride(1) + c * c_start.stride(2);
-    stage::<F, W>(v, v_base, v.stride(3), len, col0, dv, &mut v_tile, rows);
+    let n_base = chunk * n_start.stride(0);
+    stage::<F, W>(
+        v,
+        v_base,
+        v.stride(3),
+        len,
+        col0,
+        dv,
+        &mut v_tile,
+        0,
+        rows,
+        OUTPUT_TILE,
+        PITCH,
+    );
+    // Protects: the barriers are initialised before any unit commits copies to them.
+    sync_cube();
+    issue_round::<F, W>(
+        q,
+        k,
+        c_start,
+        n_start,
+        q_base,
+        k_base,
+        c_base,
+        n_base,
+        len,
+        col0,
+        0,
+        0,
+        &mut q_tiles,
+        &mut k_tiles,
+        &mut c_tiles,
+        &mut n_tiles,
+        rows,
+    );
+    barrier_0.commit_copy_async();
 
     // S = Q Kᵀ and Q C₀ as TILES_N accumulator tiles each (16 × 8), and q_t·n₀ for this lane's
     // two rows over a quarter of each slice.
@@ -178,45 +228,58 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
     let in_group = (lane % 4) as usize;
     let mut qn0_top = 0.0f32;
     let mut qn0_bottom = 0.0f32;
-    let n_base = chunk * n_start.stride(0);
-    for first in range_stepped(0usize, dqk, SLICE) {
-        // Protects: every plane is done with the previous slice before it is overwritten.
+    let rounds = dqk.div_ceil(SLICE);
+    for round in 0..rounds {
+        // Protects: every plane is done with the other round's tiles (the previous slice)
+        // before the next slice's copies overwrite them, and this round's zero fills are seen.
         sync_cube();
-        stage::<F, W>(q, q_base, q.stride(3), len, first, dqk, &mut q_tile, rows);
-        stage::<F, W>(k, k_base, k.stride(3), len, first, dqk, &mut k_tile, rows);
-        if u < SLICE {
-            let mut n = 0.0f32;
-            if first + u < dqk {
-                n = n_start[n_base + first + u];
+        let this = round % 2;
+        let next = 1 - this;
+        if round + 1 < rounds {
+            issue_round::<F, W>(
+                q,
+                k,
+                c_start,
+                n_start,
+                q_base,
+                k_base,
+                c_base,
+                n_base,
+                len,
+                col0,
+                (round + 1) * SLICE,
+                next,
+                &mut q_tiles,
+                &mut k_tiles,
+                &mut c_tiles,
+                &mut n_tiles,
+                rows,
+            );
+            if next == 0 {
+                barrier_0.commit_copy_async();
+            } else {
+                barrier_1.commit_copy_async();
             }
-            n_tile[u] = n;
         }
-        let c_count = dqk - first;
-        stage::<F, W>(
-            c_start,
-            c_base + first * c_start.stride(3),
-            c_start.stride(3),
-            c_count,
-            col0,
-            dv,
-            &mut c_tile,
-            SLICE,
-        );
-        // Protects: the slice is complete before any plane reads it.
-        sync_cube();
+        if this == 0 {
+            barrier_0.arrive_and_wait();
+        } else {
+            barrier_1.arrive_and_wait();
+        }
         if active {
             #[unroll]
             for ks in 0..comptime!(SLICE / MMA_K) {
                 // A = Q[t, a] (m = token, k = key entry), row-major.
                 let a_frag = load_x4::<F, W, FragA>(
                     def,
-                    &q_tile,
-                    row0,
+                    &q_tiles,
+                    this * rows + row0,
                     ks * MMA_K,
                     true,
                     MatrixIdent::A,
                     false,
                     width,
+                    SLICE_PITCH,
                 );
                 #[unroll]
                 for np in 0..comptime!(TILES_N / 2) {
@@ -226,13 +289,14 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                     if np <= plane {
                         let regs = load_x4::<F, W, FragB>(
                             def,
-                            &k_tile,
-                            16usize * np,
+                            &k_tiles,
+                            this * rows + 16usize * np,
                             ks * MMA_K,
                             false,
                             MatrixIdent::B,
                             false,
                             width,
+                            SLICE_PITCH,
                         );
                         mma_pair(
                             def,
@@ -248,33 +312,37 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                     // `ldmatrix`.
                     let regs = load_x4::<F, W, FragB>(
                         def,
-                        &c_tile,
-                        ks * MMA_K,
+                        &c_tiles,
+                        this * SLICE + ks * MMA_K,
                         2usize * np * MMA_N,
                         true,
                         MatrixIdent::B,
                         true,
                         width,
+                        PITCH,
                     );
                     mma_pair(def, &a_frag, &regs, &mut out, &mut b_frag, &mut c_frag, np);
                 }
             }
             // q_t·n₀ over this lane's quarter of the slice, a vector of W entries at a time.
+            let q_pitch = comptime!(SLICE_PITCH / width);
             #[unroll]
             for jv in 0..comptime!(SLICE / 4 / width) {
                 let at = in_group * comptime!(SLICE / 4 / width) + jv; // vector of the row
-                let top = q_tile[(row0 + group) * pitch + at];
-                let bottom = q_tile[(row0 + group + 8) * pitch + at];
+                let top = q_tiles[(this * rows + row0 + group) * q_pitch + at];
+                let bottom = q_tiles[(this * rows + row0 + group + 8) * q_pitch + at];
                 #[unroll]
                 for e in 0..width {
                     // Zero past DQK in both operands.
-                    let n = n_tile[at * width + e];
+                    let n = n_tiles[this * SLICE + at * width + e];
                     qn0_top += f32::cast_from(top[e]) * n;
                     qn0_bottom += f32::cast_from(bottom[e]) * n;
                 }
             }
         }
     }
+    // Protects: every plane is done with the C₀ tiles before they take the rows of h.
+    sync_cube();
 
     if active {
         qn0_top += plane_shuffle_xor(qn0_top, 1);
@@ -420,6 +488,7 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                         MatrixIdent::B,
                         true,
                         width,
+                        PITCH,
                     );
                     mma_pair(def, &p_high, &regs, &mut out, &mut b_frag, &mut c_frag, np);
                     mma_pair(def, &p_low, &regs, &mut out, &mut b_frag, &mut c_frag, np);
@@ -428,8 +497,8 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
         }
 
         // h = (P V + g q C₀) / (max(|qn|, e^{-stab}) + eps), rounded, through this plane's rows
-        // of the Q tile (only this plane reads them) with `stmatrix`, then out a row of W
-        // entries per access.
+        // of the C₀ tiles (free since the last synchronisation; 2 · SLICE = 64 rows of PITCH)
+        // with `stmatrix`, then out a row of W entries per access.
         let den_top = Vector::<f32, FragC>::new(qn_top.abs().max((-stab_top).exp()) + eps);
         let den_bottom = Vector::<f32, FragC>::new(qn_bottom.abs().max((-stab_bottom).exp()) + eps);
         let mut half_frags = Array::<Vector<F, FragC>>::new(comptime!(2 * nc));
@@ -451,11 +520,12 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
             }
             store_x4::<F, W>(
                 def,
-                &mut q_tile,
+                &mut c_tiles,
                 &half_frags,
                 row0,
                 2usize * np * MMA_N,
                 width,
+                PITCH,
             );
         }
     }
@@ -472,8 +542,89 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
             let t = row0 + r;
             if r < MMA_M && t < len && col0 + off < dv {
                 h[(h_base + t * h.stride(3) + col0 + off) / width] =
-                    q_tile[t * pitch + off / width];
+                    c_tiles[t * pitch + off / width];
             }
         }
+    }
+}
+
+/// Issues the copies of one round: the slice of `DQK` entries `first..first + SLICE` of `Q` and
+/// `K` (the chunk's rows) and of `C₀` (its rows; columns `col0..col0 + 64`) into round `slot`
+/// of the tiles, through `cp.async`, and `n₀`'s slice by plain stores. The bases are the
+/// chunk's offsets in `q, k, c_start, n_start`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn issue_round<F: Float, W: Size>(
+    q: &Tensor<Vector<F, W>>,
+    k: &Tensor<Vector<F, W>>,
+    c_start: &Tensor<Vector<F, W>>,
+    n_start: &Tensor<f32>,
+    q_base: usize,
+    k_base: usize,
+    c_base: usize,
+    n_base: usize,
+    len: usize,
+    col0: usize,
+    first: usize,
+    slot: usize,
+    q_tiles: &mut SharedMemory<Vector<F, W>>,
+    k_tiles: &mut SharedMemory<Vector<F, W>>,
+    c_tiles: &mut SharedMemory<Vector<F, W>>,
+    n_tiles: &mut SharedMemory<f32>,
+    #[comptime] rows: usize,
+) {
+    let width = q.vector_size();
+    let dqk = q.shape(4);
+    let dv = c_start.shape(4);
+    let slice_at = slot * comptime!(rows * SLICE_PITCH / width);
+    stage_async::<F, W>(
+        q,
+        q_base,
+        q.stride(3),
+        len,
+        first,
+        dqk,
+        q_tiles,
+        slice_at,
+        rows,
+        SLICE,
+        SLICE_PITCH,
+        UNITS,
+    );
+    stage_async::<F, W>(
+        k,
+        k_base,
+        k.stride(3),
+        len,
+        first,
+        dqk,
+        k_tiles,
+        slice_at,
+        rows,
+        SLICE,
+        SLICE_PITCH,
+        UNITS,
+    );
+    stage_async::<F, W>(
+        c_start,
+        c_base + first * c_start.stride(3),
+        c_start.stride(3),
+        dqk - first,
+        col0,
+        dv,
+        c_tiles,
+        slot * comptime!(SLICE * PITCH / width),
+        SLICE,
+        OUTPUT_TILE,
+        PITCH,
+        UNITS,
+    );
+    let u = UNIT_POS as usize;
+    if u < SLICE {
+        let mut n = 0.0f32;
+        if first + u < dqk {
+            n = n_start[n_base + first + u];
+        }
+        n_tiles[slot * SLICE + u] = n;
     }
 }

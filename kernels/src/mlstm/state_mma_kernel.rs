@@ -1,11 +1,18 @@
-//! The chunk-boundary states `C` in one kernel on the tensor cores' `mma` (CUDA's
+//! The chunk-boundary states `C` and `n` in one kernel on the tensor cores' `mma` (CUDA's
 //! `mma.sync` m16n8k16: half-type operands, f32 accumulators held in registers by the units):
 //! TFLA's recurrent state kernel. One cube per (64 × 64 tile of `C`, head, batch entry) walks
 //! the chunks: it writes the chunk-start tile, then applies the update (eq. 19 summed over the
-//! chunk) `C ← a_c C + K_wᵀ V` with the chunk's weighted keys and values staged in shared
-//! memory. The `K_wᵀ V` increments never leave the SM (the batched-product form writes them,
-//! 4.2 GB at the first benchmark shape, and a scan reads them back), and the state stays f32
-//! throughout; only the chunk-start states are rounded to the inputs' type, as TFLA keeps them.
+//! chunk) `C ← a_c C + (w∘K)ᵀ V`. The chunk's keys and values are staged in shared memory
+//! through `cp.async`, two rounds in flight (the next chunk's copies land while this one is
+//! multiplied, without registers); the weights `w_s` multiply the keys' `A` fragments in
+//! registers, rounded to the inputs' type as the separate weighting pass rounded them. The cubes
+//! of the first column tile also carry `n ← a_c n + Σ_s u_s k_s` (f32 sums over the staged
+//! keys). The increments never leave the SM (the batched-product form writes them, 4.2 GB at the
+//! first benchmark shape, and a scan reads them back), and the state stays f32 throughout; only
+//! the chunk-start states of `C` are rounded to the inputs' type, as TFLA keeps them.
+//! The backward runs the same kernel in reverse for the state gradients (TFLA's recurrent
+//! backward kernel): `dC ← a_c dC + (g∘Q)ᵀ dnum` and `dn ← a_c dn + Σ_t g_t dqn_t q_t`, last
+//! chunk first.
 //!
 //! Fragments are per-lane registers (`MmaDefinition`), so the decay `a_c` scales them in place:
 //! `cmma`'s opaque fragments could not (the session-6 kernel added each increment to a tile in
@@ -13,11 +20,12 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
+use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::mma_tiles::{
-    load_x4, register_fragment_sizes, store_x4, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH,
-    PLANE,
+    load_x4, register_fragment_sizes, stage_async, store_x4, FragA, FragB, FragC, MMA_K, MMA_M,
+    MMA_N, PITCH, PLANE,
 };
 
 /// Side of the square state tile of one cube (rows of `DQK`, columns of `DV`).
@@ -29,95 +37,139 @@ const TILES_M: usize = 2;
 const TILES_N: usize = 4;
 
 /// Shared memory of one cube in bytes for chunks of `len` tokens and operands of `elem_bytes`:
-/// the keys and values of a chunk (rows padded to a multiple of 16 tokens) and the outgoing
-/// chunk-start tile.
+/// two rounds of the keys and values (rows padded to a multiple of 16 tokens) and of their
+/// weights, the outgoing chunk-start tile, `n`'s partial sums per plane and the two barriers
+/// (48,144 bytes for chunks of 64 tokens of a 16-bit type: under the 48 KiB of static shared
+/// memory, which a `[group][row]` stack of partial sums, 3 KiB more, exceeded).
 pub(crate) fn shared_bytes(len: usize, elem_bytes: usize) -> usize {
-    (2 * len.next_multiple_of(MMA_K) + STATE_TILE) * PITCH * elem_bytes
+    let rows = len.next_multiple_of(MMA_K);
+    (4 * rows + STATE_TILE) * PITCH * elem_bytes
+        + (4 * rows + STATE_PLANES * STATE_TILE) * 4
+        + 2 * 8
 }
 
-/// One chunk's weighted keys (the tile's rows of `C`) and values (its columns) of this unit's
-/// share, `W` entries per vector, zero past `DQK`, `DV` and the chunk's `len` tokens (rows up to
-/// the next multiple of 16). The loads are unconditional (an entry out of range reads the
-/// tensor's first vector and is replaced by zero), so that they are in flight together.
+/// Issues the copies of chunk `c` into round `slot`: its keys (the tile's rows of `C`) and
+/// values (its columns) through `cp.async` ([`stage_async`]), zero past `DQK`, `DV` and the
+/// chunk's `len` tokens (rows up to the next multiple of 16), and its weights `w_s, u_s` by
+/// plain stores (zero past `len`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_chunk<F: Float, W: Size>(
-    k_w: &Tensor<Vector<F, W>>,
+fn issue_chunk<F: Float, W: Size>(
+    k: &Tensor<Vector<F, W>>,
     v: &Tensor<Vector<F, W>>,
-    k_start: usize,
-    v_start: usize,
+    w: &Tensor<f32>,
+    u: &Tensor<f32>,
+    batch: usize,
+    head: usize,
+    c: usize,
     row0: usize,
     col0: usize,
-    keys: &mut Array<Vector<F, W>>,
-    values: &mut Array<Vector<F, W>>,
+    slot: usize,
+    keys: &mut SharedMemory<Vector<F, W>>,
+    values: &mut SharedMemory<Vector<F, W>>,
+    w_tiles: &mut SharedMemory<f32>,
+    u_tiles: &mut SharedMemory<f32>,
     #[comptime] len: usize,
 ) {
-    let width = k_w.vector_size();
-    let per_row = comptime!(STATE_TILE / width);
-    let dqk = k_w.shape(4);
-    let dv = v.shape(4);
-    #[unroll]
-    for i in 0..comptime!((len.next_multiple_of(MMA_K) * per_row).div_ceil(UNITS)) {
-        let e = UNIT_POS as usize + i * UNITS;
-        let s = e / per_row;
-        let off = (e % per_row) * width;
-        let zero = Vector::<F, W>::new(F::new(0.0));
-        let key_inside = s < len && row0 + off < dqk;
-        let at = select(
-            key_inside,
-            (k_start + s * k_w.stride(3) + row0 + off) / width,
-            0,
-        );
-        keys[i] = select(key_inside, k_w[at], zero);
-        let value_inside = s < len && col0 + off < dv;
-        let at = select(
-            value_inside,
-            (v_start + s * v.stride(3) + col0 + off) / width,
-            0,
-        );
-        values[i] = select(value_inside, v[at], zero);
+    let width = k.vector_size();
+    let rows = comptime!(len.next_multiple_of(MMA_K));
+    let at0 = slot * comptime!(rows * PITCH / width);
+    let k_base = batch * k.stride(0) + head * k.stride(1) + c * k.stride(2);
+    let v_base = batch * v.stride(0) + head * v.stride(1) + c * v.stride(2);
+    stage_async::<F, W>(
+        k,
+        k_base,
+        k.stride(3),
+        len,
+        row0,
+        k.shape(4),
+        keys,
+        at0,
+        rows,
+        STATE_TILE,
+        PITCH,
+        UNITS,
+    );
+    stage_async::<F, W>(
+        v,
+        v_base,
+        v.stride(3),
+        len,
+        col0,
+        v.shape(4),
+        values,
+        at0,
+        rows,
+        STATE_TILE,
+        PITCH,
+        UNITS,
+    );
+    let w_base = batch * w.stride(0) + head * w.stride(1) + c * w.stride(2);
+    let u_base = batch * u.stride(0) + head * u.stride(1) + c * u.stride(2);
+    for t in range_stepped(UNIT_POS as usize, rows, UNITS) {
+        let mut w_t = 0.0f32;
+        let mut u_t = 0.0f32;
+        if t < len {
+            w_t = w[w_base + t * w.stride(3)];
+            u_t = u[u_base + t * u.stride(3)];
+        }
+        w_tiles[slot * rows + t] = w_t;
+        u_tiles[slot * rows + t] = u_t;
     }
 }
 
 /// Units per cube.
 const UNITS: usize = PLANE * STATE_PLANES;
 
-/// `C` before every chunk and after the last: `c_start[b, h, c] = C` before chunk `c` (the
-/// inputs' type), `c_end[b, h] = C` after the last (f32), from `C = c0[b, h]` and per chunk
-/// `C ← decay[b, h, c] C + k_w[b, h, c]ᵀ v[b, h, c]`. Grid: (tiles of `C`, `B·NH`); cube
-/// `PLANE × STATE_PLANES`. `W` (the vector width of the global accesses) divides `DQK`, `DV`
-/// and the row strides; `k_w` and `v` have unit last stride, `c_start` is contiguous. Launched
-/// unchecked: every global access is guarded here, shared-memory indices are in range by
-/// construction.
+/// `C` and `n` before every chunk and after the last: `c_start[b, h, c] = C` before chunk `c`'s
+/// update (the inputs' type), `c_end[b, h] = C` after the last (f32), likewise `n_start`,
+/// `n_end` (f32), from `C = c0[b, h]`, `n = n0[b, h]` and per chunk
+/// `C ← decay[b, h, c] C + (w∘k)[b, h, c]ᵀ v[b, h, c]`, `n ← decay[b, h, c] n + Σ_s u_s k_s`,
+/// chunks in order or, where `reverse`, last first (the backward's `dC ← a_c dC + (g∘Q)ᵀ dnum`:
+/// `k = Q`, `w = g`, `u = g∘dqn`, `v = dnum`). Grid: (tiles of `C`, `B·NH`); cube
+/// `PLANE × STATE_PLANES`. `W` (the vector width of the global accesses) is 16 bytes and divides
+/// `DQK`, `DV` and the row strides; `k` and `v` have unit last stride, `c_start` is contiguous.
+/// Launched unchecked: every global access is guarded here, shared-memory indices are in range
+/// by construction.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
-    k_w: &Tensor<Vector<F, W>>,         // [B, NH, NC, L, DQK]
+    k: &Tensor<Vector<F, W>>,           // [B, NH, NC, L, DQK]
     v: &Tensor<Vector<F, W>>,           // [B, NH, NC, L, DV]
+    w: &Tensor<f32>,                    // [B, NH, NC, L]
+    u: &Tensor<f32>,                    // [B, NH, NC, L]
     decay: &Tensor<f32>,                // [B, NH, NC]
     c0: &Tensor<f32>,                   // [B, NH, DQK, DV]
+    n0: &Tensor<f32>,                   // [B, NH, DQK]
     c_start: &mut Tensor<Vector<F, W>>, // [B, NH, NC, DQK, DV]
     c_end: &mut Tensor<f32>,            // [B, NH, DQK, DV]
+    n_start: &mut Tensor<f32>,          // [B, NH, NC, DQK]
+    n_end: &mut Tensor<f32>,            // [B, NH, DQK]
     #[comptime] len: usize,
+    #[comptime] reverse: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(MMA_M, MMA_N, MMA_K);
     register_fragment_sizes::<F>(def);
     let nc = def.vectors_per_lane(MatrixIdent::Accumulator);
     let sc = def.vector_size(MatrixIdent::Accumulator);
-    let width = k_w.vector_size();
+    let na = def.vectors_per_lane(MatrixIdent::A);
+    let sa = def.vector_size(MatrixIdent::A);
+    let width = k.vector_size();
     let rows = comptime!(len.next_multiple_of(MMA_K));
     let per_row = comptime!(STATE_TILE / width); // vectors per tile row
     let pitch = comptime!(PITCH / width); // vectors per shared-memory row
-    let staged = comptime!((rows * per_row).div_ceil(UNITS)); // vectors per unit and operand
+    let round = comptime!(rows * PITCH / width); // vectors of one round of one operand
+    let groups = comptime!(UNITS / per_row); // token groups of n's partial sums
+    let in_plane = comptime!(PLANE / per_row); // of them in one plane (W = 8: 4)
 
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y as usize;
-    let heads = k_w.shape(1);
+    let heads = k.shape(1);
     let batch = CUBE_POS_Y as usize / heads;
     let head = CUBE_POS_Y as usize % heads;
-    let chunks = k_w.shape(2);
-    let dqk = k_w.shape(4);
+    let chunks = k.shape(2);
+    let dqk = k.shape(4);
     let dv = v.shape(4);
     let tiles_v = dv.div_ceil(STATE_TILE);
     let row0 = (CUBE_POS_X as usize / tiles_v) * STATE_TILE; // first row of C (a key entry)
@@ -151,44 +203,92 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             }
         }
     }
+    // n's entry `row0 + unit` in units 0..64 of the first column tile's cubes.
+    let n_row = UNIT_POS as usize;
+    let owns_n = col0 == 0 && n_row < STATE_TILE && row0 + n_row < dqk;
+    let mut n_acc = 0.0f32;
+    if owns_n {
+        n_acc = n0[batch * n0.stride(0) + head * n0.stride(1) + (row0 + n_row) * n0.stride(2)];
+    }
 
-    let mut keys = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][a]
-    let mut values = SharedMemory::<Vector<F, W>>::new(comptime!(rows * PITCH / width)); // [s][d]
+    let mut keys = SharedMemory::<Vector<F, W>>::new(comptime!(2 * round)); // [round][s][a]
+    let mut values = SharedMemory::<Vector<F, W>>::new(comptime!(2 * round)); // [round][s][d]
+    let mut w_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
+    let mut u_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
+    let mut n_part = SharedMemory::<f32>::new(comptime!(STATE_PLANES * STATE_TILE)); // [plane][a]
     let mut outgoing = SharedMemory::<Vector<F, W>>::new(comptime!(STATE_TILE * PITCH / width));
-    let mut key_regs = Array::<Vector<F, W>>::new(staged);
-    let mut value_regs = Array::<Vector<F, W>>::new(staged);
     let mut b_frags = Array::<Vector<F, FragB>>::new(comptime!(TILES_N * 2));
     let mut b_frag = Array::<Vector<F, FragB>>::new(2usize);
     let mut c_frag = Array::<Vector<f32, FragC>>::new(nc);
+    let mut a_frag = Array::<Vector<F, FragA>>::new(na);
+    let mut a_weights = Array::<f32>::new(comptime!(na * sa));
     let mut half_frags = Array::<Vector<F, FragC>>::new(4usize);
 
-    let steps = k_w.shape(3).div_ceil(MMA_K);
-    let k_base = batch * k_w.stride(0) + head * k_w.stride(1);
-    let v_base = batch * v.stride(0) + head * v.stride(1);
+    // One barrier per round: its copies are committed to it when issued, and every unit
+    // arrives and waits on it before the round is read.
+    let barrier_0 = Barrier::shared(UNITS as u32, UNIT_POS == 0);
+    let barrier_1 = Barrier::shared(UNITS as u32, UNIT_POS == 0);
+    // Protects: the barriers are initialised before any unit commits copies to them.
+    sync_cube();
+    let mut first = 0usize;
+    if reverse {
+        first = chunks - 1;
+    }
+    issue_chunk::<F, W>(
+        k,
+        v,
+        w,
+        u,
+        batch,
+        head,
+        first,
+        row0,
+        col0,
+        0,
+        &mut keys,
+        &mut values,
+        &mut w_tiles,
+        &mut u_tiles,
+        len,
+    );
+    barrier_0.commit_copy_async();
+
+    let steps = comptime!(rows / MMA_K);
     let cs_base = batch * c_start.stride(0) + head * c_start.stride(1);
+    let ns_base = batch * n_start.stride(0) + head * n_start.stride(1);
     let d_base = batch * decay.stride(0) + head * decay.stride(1);
-    for c in 0..chunks {
-        // This chunk's operands into shared memory, through registers. (Loading the next
-        // chunk's while this one is multiplied kept 32 more registers live: 176 per unit, two
-        // cubes per SM, and 1.6x the time at the benchmark shapes.)
-        load_chunk::<F, W>(
-            k_w,
-            v,
-            k_base + c * k_w.stride(2),
-            v_base + c * v.stride(2),
-            row0,
-            col0,
-            &mut key_regs,
-            &mut value_regs,
-            len,
-        );
-        #[unroll]
-        for i in 0..staged {
-            let e = UNIT_POS as usize + i * UNITS;
-            if e < rows * per_row {
-                let at = (e / per_row) * pitch + e % per_row;
-                keys[at] = key_regs[i];
-                values[at] = value_regs[i];
+    for step in 0..chunks {
+        let mut c = step;
+        if reverse {
+            c = chunks - 1 - step;
+        }
+        let this = step % 2;
+        if step + 1 < chunks {
+            let mut c_next = step + 1;
+            if reverse {
+                c_next = chunks - 2 - step;
+            }
+            issue_chunk::<F, W>(
+                k,
+                v,
+                w,
+                u,
+                batch,
+                head,
+                c_next,
+                row0,
+                col0,
+                1 - this,
+                &mut keys,
+                &mut values,
+                &mut w_tiles,
+                &mut u_tiles,
+                len,
+            );
+            if this == 1 {
+                barrier_0.commit_copy_async();
+            } else {
+                barrier_1.commit_copy_async();
             }
         }
         // The chunk-start tile, rounded to the inputs' type, into shared memory: per `stmatrix`
@@ -212,12 +312,21 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                     plane_row + mt * MMA_M,
                     plane_col + 2usize * np * MMA_N,
                     width,
+                    PITCH,
                 );
             }
         }
-        // Protects: the chunk's operands and the outgoing tile are complete before any plane
-        // reads them.
-        sync_cube();
+        if owns_n {
+            n_start[ns_base + c * n_start.stride(2) + (row0 + n_row) * n_start.stride(3)] = n_acc;
+        }
+        // Protects: this round's copies have landed and its zero fills are seen, and the
+        // outgoing tile is complete, before any unit reads them (every unit arrives).
+        if this == 0 {
+            barrier_0.arrive_and_wait();
+        } else {
+            barrier_1.arrive_and_wait();
+        }
+        let x_at = this * round;
 
         // The chunk-start tile out, a row of W entries per access.
         #[unroll]
@@ -235,11 +344,36 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             }
         }
 
-        // C ← a_c C + K_wᵀ V: the decay in place, then the increment accumulated on top.
-        let a_c = Vector::<f32, FragC>::new(decay[d_base + c * decay.stride(2)]);
+        // n's increment Σ_s u_s k_s, f32: unit (group, vector) sums the tokens
+        // group, group + groups, … of its vector of the tile's rows; the groups of a plane
+        // (its lanes `vector + per_row · j`) are summed by shuffles, the planes' sums in n_part.
+        if col0 == 0 {
+            let vector = UNIT_POS as usize % per_row;
+            let group = UNIT_POS as usize / per_row;
+            let mut part = Vector::<f32, W>::new(0.0);
+            for s in range_stepped(group, rows, groups) {
+                let key = Vector::<f32, W>::cast_from(keys[x_at + s * pitch + vector]);
+                part = part + key * Vector::<f32, W>::new(u_tiles[this * rows + s]);
+            }
+            #[unroll]
+            for e in 0..width {
+                let mut sum = part[e];
+                #[unroll]
+                for j in 0..comptime!(in_plane.trailing_zeros() as usize) {
+                    sum += plane_shuffle_xor(sum, comptime!((per_row << j) as u32));
+                }
+                if (lane as usize) < per_row {
+                    n_part[plane * STATE_TILE + vector * width + e] = sum;
+                }
+            }
+        }
+
+        // C ← a_c C + (w∘K)ᵀ V: the decay in place, then the increment accumulated on top.
+        let a_c = decay[d_base + c * decay.stride(2)];
+        let a_vec = Vector::<f32, FragC>::new(a_c);
         #[unroll]
         for i in 0..comptime!(TILES_M * TILES_N * nc) {
-            acc[i] = acc[i] * a_c;
+            acc[i] = acc[i] * a_vec;
         }
         // A runtime loop over the 16-token steps (not unrolled): unrolled, the compiler kept
         // every step's fragments live at once (178 registers per unit, two cubes per SM).
@@ -251,32 +385,53 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 let regs = load_x4::<F, W, FragB>(
                     def,
                     &values,
-                    ks * MMA_K,
+                    this * rows + ks * MMA_K,
                     plane_col + 2usize * np * MMA_N,
                     true,
                     MatrixIdent::B,
                     true,
                     width,
+                    PITCH,
                 );
                 #[unroll]
                 for i in 0..4usize {
                     b_frags[np * 4usize + i] = regs[i];
                 }
             }
+            // The weights of this lane's `A` entries (their `k` coordinate is the token).
+            #[unroll]
+            for i in 0..na {
+                #[unroll]
+                for e in 0..sa {
+                    let (_, token) = def.position_of_nth(lane, (i * sa + e) as u32, MatrixIdent::A);
+                    a_weights[i * sa + e] = w_tiles[this * rows + ks * MMA_K + token as usize];
+                }
+            }
             #[unroll]
             for mt in 0..TILES_M {
-                // A = K_wᵀ[a, s] (m = key entry, k = token) from the keys' rows [s][a],
-                // transposed by `ldmatrix`: `m` runs along the tile's columns.
-                let a_frag = load_x4::<F, W, FragA>(
+                // A = (w∘K)ᵀ[a, s] (m = key entry, k = token) from the keys' rows [s][a],
+                // transposed by `ldmatrix`: `m` runs along the tile's columns; each entry
+                // times its token's weight, rounded to F.
+                let raw = load_x4::<F, W, FragA>(
                     def,
                     &keys,
-                    ks * MMA_K,
+                    this * rows + ks * MMA_K,
                     plane_row + mt * MMA_M,
                     false,
                     MatrixIdent::A,
                     true,
                     width,
+                    PITCH,
                 );
+                #[unroll]
+                for i in 0..na {
+                    let mut value = raw[i];
+                    #[unroll]
+                    for e in 0..sa {
+                        value[e] = F::cast_from(f32::cast_from(value[e]) * a_weights[i * sa + e]);
+                    }
+                    a_frag[i] = value;
+                }
                 #[unroll]
                 for nt in 0..TILES_N {
                     #[unroll]
@@ -295,8 +450,17 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 }
             }
         }
-        // Protects: every plane is done with this chunk's tiles before the next overwrites them.
+        // Protects: every plane is done with this round's tiles before the next round's copies
+        // overwrite them, and n's partial sums are complete.
         sync_cube();
+        if owns_n {
+            let mut inc = 0.0f32;
+            #[unroll]
+            for p in 0..STATE_PLANES {
+                inc += n_part[p * STATE_TILE + n_row];
+            }
+            n_acc = n_acc * a_c + inc;
+        }
     }
 
     // The final state, f32.
@@ -320,5 +484,10 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 }
             }
         }
+    }
+    if owns_n {
+        n_end
+            [batch * n_end.stride(0) + head * n_end.stride(1) + (row0 + n_row) * n_end.stride(2)] =
+            n_acc;
     }
 }
