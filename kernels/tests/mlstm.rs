@@ -1050,7 +1050,9 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
         }
         // The gates of every chunk: lengths that end in padding, chunks of 1 and of the whole
         // sequence, pre-activations far out (log σ(f̃) of -1e3 and 40), in the half type too,
-        // and read through strides (a transposed and a narrowed view).
+        // and read through strides (a transposed and a narrowed view); on the cube backends
+        // several chunks per cube with the last cube part empty (chunks of 20: 12 per cube), and
+        // chunks longer than a cube's units (300).
         for &(b, nh, s, len) in &[
             (1, 1, 1, 1),
             (2, 3, 7, 4),
@@ -1058,6 +1060,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             (2, 1, 130, 64),
             (1, 1, 100, 128),
             (3, 2, 33, 33),
+            (4, 3, 50, 20),
+            (1, 2, 700, 300),
         ] {
             let n = b * nh * s;
             let i_pre = round_to(&r.uniform(n, -4.0, 3.0), dtype);

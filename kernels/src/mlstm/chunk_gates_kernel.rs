@@ -1,12 +1,21 @@
-//! The gates of every chunk in one pass (the tensor-op form is `chunked::chunk_gates`): one
-//! unit per chunk of `L` tokens walks its tokens forward (`ĩ`, `log σ(f̃)` and the running sum
-//! `F_t`), then backward (the sums after each token, for `log w_s`). Tokens past `S` are padding:
-//! `ĩ = M_EMPTY`, `log f = 0`, as the reference pads.
+//! The gates of every chunk in one pass (the tensor-op form is `chunked::chunk_gates`): `ĩ`,
+//! `log σ(f̃)`, the running sums `F_t` and the sums after each token (for `log w_s`). A cube
+//! takes `per_cube` chunks, a row of units per chunk, one unit per token (or a stride of tokens
+//! for chunks over [`GATE_UNITS`]): each unit reads its token's pre-activations (coalesced) and
+//! puts `log f` in shared memory, then sums the chunk's `log f` before and after its token in
+//! token order, so that the sums are bit for bit those of one unit walking the chunk. Tokens
+//! past `S` are padding: `ĩ = M_EMPTY`, `log f = 0`, as the reference pads.
 
 use cubecl::prelude::*;
 
-/// One unit per chunk `g = (b · NH + h) · NC + c`; the pre-activations in any strides, the
-/// outputs contiguous `[G, L]`.
+/// Units per cube (along the tokens of its chunks).
+pub(crate) const GATE_UNITS: usize = 256;
+/// Longest chunk the kernel takes (its `log f` in shared memory: 16 KiB).
+pub(crate) const GATE_MAX_LEN: usize = 4096;
+
+/// Chunk `g = (b · NH + h) · NC + c` is row `g % per_cube` of cube `g / per_cube` (cubes
+/// numbered along x, then y); the pre-activations in any strides, the outputs contiguous
+/// `[G, L]`. Cube: `min(l, GATE_UNITS) × per_cube` units.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_gates_kernel<F: Float>(
@@ -17,37 +26,54 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
     f_cum: &mut Tensor<f32>, // [G, L], F_t = Σ_{u≤t} log f_u
     log_w: &mut Tensor<f32>, // [G, L], ĩ_s + Σ_{u>s} log f_u
     #[comptime] l: usize,
+    #[comptime] per_cube: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let g = ABSOLUTE_POS;
-    if g < log_i.shape(0) {
-        let (nh, s) = (i_pre.shape(1), i_pre.shape(2));
-        let nc = s.div_ceil(l);
-        let (bh, c) = (g / nc, g % nc);
-        let (b, h) = (bh / nh, bh % nh);
-        let at_i = b * i_pre.stride(0) + h * i_pre.stride(1);
-        let at_f = b * f_pre.stride(0) + h * f_pre.stride(1);
-        let mut sum = 0.0f32;
-        for t in 0..l {
-            let token = c * l + t;
-            let mut li = f32::new(-1.0e30); // M_EMPTY
-            let mut lf = 0.0f32;
-            if token < s {
-                li = f32::cast_from(i_pre[at_i + token * i_pre.stride(2)]);
-                let x = f32::cast_from(f_pre[at_f + token * f_pre.stride(2)]);
-                // log σ(x) = min(x, 0) - log(1 + e^{-|x|}): neither branch overflows.
-                lf = x.min(0.0) - (-x.abs()).exp().log1p();
-            }
-            sum += lf;
+    let row = UNIT_POS_Y as usize;
+    let cube = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let g = cube * per_cube + row;
+    let inside = g < log_i.shape(0);
+    let (nh, s) = (i_pre.shape(1), i_pre.shape(2));
+    let nc = s.div_ceil(l);
+    let (bh, c) = (g / nc, g % nc);
+    let (b, h) = (bh / nh, bh % nh);
+    let at_i = b * i_pre.stride(0) + h * i_pre.stride(1);
+    let at_f = b * f_pre.stride(0) + h * f_pre.stride(1);
+    let mut f_log = SharedMemory::<f32>::new(comptime!(per_cube * l));
+    let first = UNIT_POS_X as usize;
+    let step = CUBE_DIM_X as usize;
+    for t in range_stepped(first, l, step) {
+        let token = c * l + t;
+        let mut li = f32::new(-1.0e30); // M_EMPTY
+        let mut lf = 0.0f32;
+        if inside && token < s {
+            li = f32::cast_from(i_pre[at_i + token * i_pre.stride(2)]);
+            let x = f32::cast_from(f_pre[at_f + token * f_pre.stride(2)]);
+            // log σ(x) = min(x, 0) - log(1 + e^{-|x|}): neither branch overflows.
+            lf = x.min(0.0) - (-x.abs()).exp().log1p();
+        }
+        if inside {
             log_i[g * l + t] = li;
             log_f[g * l + t] = lf;
-            f_cum[g * l + t] = sum;
+        }
+        f_log[row * l + t] = lf;
+    }
+    // Protects: the chunk's log f are all in shared memory before the sums read them.
+    sync_cube();
+    for t in range_stepped(first, l, step) {
+        // F_t in token order, and the sum after t from the last token down, as one unit
+        // walking the chunk forward and then back sums them.
+        let mut before = 0.0f32;
+        for u in 0..t + 1 {
+            before += f_log[row * l + u];
         }
         let mut after = 0.0f32;
-        for r in 0..l {
-            let t = l - 1 - r;
+        for r in 0..l - 1 - t {
+            after += f_log[row * l + l - 1 - r];
+        }
+        if inside {
+            f_cum[g * l + t] = before;
             log_w[g * l + t] = log_i[g * l + t] + after;
-            after += log_f[g * l + t];
         }
     }
 }

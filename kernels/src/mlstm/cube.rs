@@ -14,7 +14,7 @@ use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
 use super::backward::OutputRowGrads;
-use super::chunk_gates_kernel::chunk_gates_kernel;
+use super::chunk_gates_kernel::{chunk_gates_kernel, GATE_MAX_LEN, GATE_UNITS};
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
@@ -857,7 +857,12 @@ where
     ) -> ChunkGates<Self> {
         let [b, nh, s] = i_preact.dims();
         let dtype = i_preact.dtype();
-        if !supported(dtype) || f_preact.dtype() != dtype || len == 0 || b * nh * s == 0 {
+        if !supported(dtype)
+            || f_preact.dtype() != dtype
+            || len == 0
+            || len > GATE_MAX_LEN
+            || b * nh * s == 0
+        {
             return super::chunked::chunk_gates(i_preact, f_preact, len);
         }
         let nc = s.div_ceil(len);
@@ -866,10 +871,16 @@ where
         let out = || empty(&i_pre, vec![b * nh * nc, len], DType::F32);
         let (log_i, log_f, f_cum, log_w) = (out(), out(), out(), out());
         let client = i_pre.client.clone();
-        let dim = CubeDim::new_1d(64);
+        // A row of units per chunk, as many chunks per cube as fill GATE_UNITS; the cubes
+        // along x, then y.
+        let per_cube = (GATE_UNITS / len).max(1);
+        let dim = CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_cube as u32);
+        let cubes = (b * nh * nc).div_ceil(per_cube);
+        let along_x = cubes.min(usize::from(u16::MAX));
+        let count = CubeCount::Static(along_x as u32, cubes.div_ceil(along_x) as u32, 1);
         chunk_gates_kernel::launch::<R>(
             &client,
-            cubecl::calculate_cube_count_elemwise(&client, b * nh * nc, dim),
+            count,
             dim,
             i_pre.into_tensor_arg(),
             f_preact.into_primitive().tensor().into_tensor_arg(),
@@ -878,6 +889,7 @@ where
             f_cum.clone().into_tensor_arg(),
             log_w.clone().into_tensor_arg(),
             len,
+            per_cube,
             dtype.into(),
         );
         let shaped = |t: CubeTensor<R>| wrap::<R, F, I, BT, 2>(t).reshape([b, nh, nc, len]);
