@@ -50,15 +50,15 @@ pub(crate) fn shared_bytes(len: usize, elem_bytes: usize) -> usize {
 
 /// Issues the copies of chunk `c` into round `slot`: its keys (the tile's rows of `C`) and
 /// values (its columns) through `cp.async` ([`stage_async`]), zero past `DQK`, `DV` and the
-/// chunk's `len` tokens (rows up to the next multiple of 16), and its weights `w_s, u_s` by
-/// plain stores (zero past `len`).
+/// chunk's `len` tokens (rows up to the next multiple of 16), and its weights (in `C` and in
+/// `n`) by plain stores (zero past `len`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn issue_chunk<F: Float, W: Size>(
     k: &Tensor<Vector<F, W>>,
     v: &Tensor<Vector<F, W>>,
-    w: &Tensor<f32>,
-    u: &Tensor<f32>,
+    w_c: &Tensor<f32>,
+    w_n: &Tensor<f32>,
     batch: usize,
     head: usize,
     c: usize,
@@ -104,14 +104,14 @@ fn issue_chunk<F: Float, W: Size>(
         PITCH,
         UNITS,
     );
-    let w_base = batch * w.stride(0) + head * w.stride(1) + c * w.stride(2);
-    let u_base = batch * u.stride(0) + head * u.stride(1) + c * u.stride(2);
+    let c_base = batch * w_c.stride(0) + head * w_c.stride(1) + c * w_c.stride(2);
+    let n_base = batch * w_n.stride(0) + head * w_n.stride(1) + c * w_n.stride(2);
     for t in range_stepped(UNIT_POS as usize, rows, UNITS) {
         let mut w_t = 0.0f32;
         let mut u_t = 0.0f32;
         if t < len {
-            w_t = w[w_base + t * w.stride(3)];
-            u_t = u[u_base + t * u.stride(3)];
+            w_t = w_c[c_base + t * w_c.stride(3)];
+            u_t = w_n[n_base + t * w_n.stride(3)];
         }
         w_tiles[slot * rows + t] = w_t;
         u_tiles[slot * rows + t] = u_t;
@@ -124,9 +124,9 @@ const UNITS: usize = PLANE * STATE_PLANES;
 /// `C` and `n` before every chunk and after the last: `c_start[b, h, c] = C` before chunk `c`'s
 /// update (the inputs' type), `c_end[b, h] = C` after the last (f32), likewise `n_start`,
 /// `n_end` (f32), from `C = c0[b, h]`, `n = n0[b, h]` and per chunk
-/// `C ← decay[b, h, c] C + (w∘k)[b, h, c]ᵀ v[b, h, c]`, `n ← decay[b, h, c] n + Σ_s u_s k_s`,
+/// `C ← decay[b, h, c] C + (w_c∘k)[b, h, c]ᵀ v[b, h, c]`, `n ← decay[b, h, c] n + Σ_s w_n,s k_s`,
 /// chunks in order or, where `reverse`, last first (the backward's `dC ← a_c dC + (g∘Q)ᵀ dnum`:
-/// `k = Q`, `w = g`, `u = g∘dqn`, `v = dnum`). Grid: (tiles of `C`, `B·NH`); cube
+/// `k = Q`, `w_c = g`, `w_n = g∘dqn`, `v = dnum`). Grid: (tiles of `C`, `B·NH`); cube
 /// `PLANE × STATE_PLANES`. `W` (the vector width of the global accesses) is 16 bytes and divides
 /// `DQK`, `DV` and the row strides; `k` and `v` have unit last stride, `c_start` is contiguous.
 /// Launched unchecked: every global access is guarded here, shared-memory indices are in range
@@ -136,8 +136,8 @@ const UNITS: usize = PLANE * STATE_PLANES;
 pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
     k: &Tensor<Vector<F, W>>,           // [B, NH, NC, L, DQK]
     v: &Tensor<Vector<F, W>>,           // [B, NH, NC, L, DV]
-    w: &Tensor<f32>,                    // [B, NH, NC, L]
-    u: &Tensor<f32>,                    // [B, NH, NC, L]
+    w_c: &Tensor<f32>,                  // [B, NH, NC, L], the keys' weights in C
+    w_n: &Tensor<f32>,                  // [B, NH, NC, L], the keys' weights in n
     decay: &Tensor<f32>,                // [B, NH, NC]
     c0: &Tensor<f32>,                   // [B, NH, DQK, DV]
     n0: &Tensor<f32>,                   // [B, NH, DQK]
@@ -237,8 +237,8 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
     issue_chunk::<F, W>(
         k,
         v,
-        w,
-        u,
+        w_c,
+        w_n,
         batch,
         head,
         first,
@@ -271,8 +271,8 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             issue_chunk::<F, W>(
                 k,
                 v,
-                w,
-                u,
+                w_c,
+                w_n,
                 batch,
                 head,
                 c_next,
@@ -353,7 +353,11 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             let mut part = Vector::<f32, W>::new(0.0);
             for s in range_stepped(group, rows, groups) {
                 let key = Vector::<f32, W>::cast_from(keys[x_at + s * pitch + vector]);
-                part = part + key * Vector::<f32, W>::new(u_tiles[this * rows + s]);
+                // (`+=` on a vector: not relied on in `#[cube]` code here.)
+                #[allow(clippy::assign_op_pattern)]
+                {
+                    part = part + key * Vector::<f32, W>::new(u_tiles[this * rows + s]);
+                }
             }
             #[unroll]
             for e in 0..width {
