@@ -1075,7 +1075,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 [b, nh, s, len]: [usize; 4],
                 dtype: DType,
                 strided: bool,
-            ) -> [Vec<f64>; 4] {
+            ) -> [Vec<f64>; 6] {
                 let gate = |v: &[f32]| {
                     let t = tensor::<C, 3>(v, [b, nh, s], d).cast(dtype);
                     if strided {
@@ -1106,7 +1106,18 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     assert_eq!(t.dims(), [b, nh, nc, len], "chunk gates: shape");
                     assert_eq!(t.dtype(), DType::F32, "chunk gates: f32");
                 }
-                [g.log_i, g.log_f, g.f_cum, g.log_w].map(values)
+                for t in [&g.f_last, &g.m_loc] {
+                    assert_eq!(t.dims(), [b, nh, nc], "chunk gates: per-chunk shape");
+                    assert_eq!(t.dtype(), DType::F32, "chunk gates: f32");
+                }
+                [
+                    values(g.log_i),
+                    values(g.log_f),
+                    values(g.f_cum),
+                    values(g.log_w),
+                    values(g.f_last),
+                    values(g.m_loc),
+                ]
             }
             for strided in [false, true] {
                 keep_going(&mut failures, || {
@@ -1114,7 +1125,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     let got = gates::<B>(dev, [&i_pre, &f_pre], dims, dtype, strided);
                     let rd = Default::default();
                     let want = gates::<Ref>(&rd, [&i_pre, &f_pre], dims, DType::F32, false);
-                    let names = ["log i", "log f", "F", "log w"];
+                    let names = ["log i", "log f", "F", "log w", "F_L", "m_loc"];
                     for ((name, got), want) in names.iter().zip(got).zip(want) {
                         // Padding tokens carry M_EMPTY in log i and log w: exactly there on
                         // both sides, and compared apart from the rest.
@@ -1127,6 +1138,37 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     }
                 });
             }
+        }
+        // The keys' weights in the chunk-boundary states: chunks ending in padding tokens
+        // (log w = M_EMPTY, weight 0), one token, and more tokens than a cube's units.
+        for &(g, len) in &[(1, 1), (3, 7), (5, 64), (2, 300)] {
+            let mut log_w = r.uniform(g * len, -30.0, 5.0);
+            log_w[g * len - 1] = -1e30;
+            let m_loc: Vec<f32> = log_w
+                .chunks(len)
+                .map(|c| c.iter().copied().fold(f32::MIN, f32::max))
+                .collect();
+            let gain = r.uniform(g, 0.0, 1.0);
+            fn weights<C: MlstmBackend>(
+                d: &C::Device,
+                [log_w, m_loc, gain]: [&[f32]; 3],
+                [g, len]: [usize; 2],
+            ) -> Vec<f64> {
+                let w = C::mlstm_state_weights(
+                    tensor::<C, 4>(log_w, [1, g, 1, len], d),
+                    tensor::<C, 3>(m_loc, [1, g, 1], d),
+                    tensor::<C, 3>(gain, [1, g, 1], d),
+                    0.125,
+                );
+                assert_eq!(w.dims(), [1, g, 1, len], "state weights: shape");
+                values(w)
+            }
+            keep_going(&mut failures, || {
+                let parts = [&log_w[..], &m_loc, &gain];
+                let got = weights::<B>(dev, parts, [g, len]);
+                let want = weights::<Ref>(&Default::default(), parts, [g, len]);
+                check(&format!("state weights [{g}, {len}]"), got, want, 1e-6);
+            });
         }
         // The gate matrix of every chunk and the backward through it: chunks of 1–129 tokens
         // (128 where the device's shared memory takes its tile, CUDA; 129: past the kernels, the

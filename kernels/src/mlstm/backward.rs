@@ -131,10 +131,11 @@ fn group_backward<B: MlstmBackend>(
     let ChunkGates {
         log_i,
         log_f,
-        f_cum, // F_t
-        log_w, // ĩ_s + Σ_{u>s} log f_u: the chunk-boundary states' weights
+        f_cum,  // F_t
+        log_w,  // ĩ_s + Σ_{u>s} log f_u: the chunk-boundary states' weights
+        f_last, // F_L, [B, NH, NC]
+        ..
     } = gates;
-    let f_last = f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]); // F_L
 
     // (The states themselves are the forward's where it kept them, else recomputed.)
     let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]

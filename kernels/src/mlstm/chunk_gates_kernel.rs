@@ -1,5 +1,6 @@
 //! The gates of every chunk in one pass (the tensor-op form is `chunked::chunk_gates`): `ĩ`,
-//! `log σ(f̃)`, the running sums `F_t` and the sums after each token (for `log w_s`). A cube
+//! `log σ(f̃)`, the running sums `F_t` and the sums after each token (for `log w_s`), and per
+//! chunk `F_L` and `m_loc = max_s log w_s`. A cube
 //! takes `per_cube` chunks, a row of units per chunk, one unit per token (or a stride of tokens
 //! for chunks over [`GATE_UNITS`]): each unit reads its token's pre-activations (coalesced) and
 //! puts `log f` in shared memory, then sums the chunk's `log f` before and after its token in
@@ -15,16 +16,18 @@ pub(crate) const GATE_MAX_LEN: usize = 4096;
 
 /// Chunk `g = (b · NH + h) · NC + c` is row `g % per_cube` of cube `g / per_cube` (cubes
 /// numbered along x, then y); the pre-activations in any strides, the outputs contiguous
-/// `[G, L]`. Cube: `min(l, GATE_UNITS) × per_cube` units.
+/// `[G, L]` and `[G]`. Cube: `min(l, GATE_UNITS) × per_cube` units.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_gates_kernel<F: Float>(
-    i_pre: &Tensor<F>,       // [B, NH, S], ĩ
-    f_pre: &Tensor<F>,       // [B, NH, S], f̃
-    log_i: &mut Tensor<f32>, // [G, L]
-    log_f: &mut Tensor<f32>, // [G, L], log σ(f̃)
-    f_cum: &mut Tensor<f32>, // [G, L], F_t = Σ_{u≤t} log f_u
-    log_w: &mut Tensor<f32>, // [G, L], ĩ_s + Σ_{u>s} log f_u
+    i_pre: &Tensor<F>,        // [B, NH, S], ĩ
+    f_pre: &Tensor<F>,        // [B, NH, S], f̃
+    log_i: &mut Tensor<f32>,  // [G, L]
+    log_f: &mut Tensor<f32>,  // [G, L], log σ(f̃)
+    f_cum: &mut Tensor<f32>,  // [G, L], F_t = Σ_{u≤t} log f_u
+    log_w: &mut Tensor<f32>,  // [G, L], ĩ_s + Σ_{u>s} log f_u
+    f_last: &mut Tensor<f32>, // [G], F_L
+    m_loc: &mut Tensor<f32>,  // [G], max_s log w_s
     #[comptime] l: usize,
     #[comptime] per_cube: usize,
     #[define(F)] _dtype: StorageType,
@@ -40,6 +43,7 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
     let at_i = b * i_pre.stride(0) + h * i_pre.stride(1);
     let at_f = b * f_pre.stride(0) + h * f_pre.stride(1);
     let mut f_log = SharedMemory::<f32>::new(comptime!(per_cube * l));
+    let mut w_log = SharedMemory::<f32>::new(comptime!(per_cube * l));
     let first = UNIT_POS_X as usize;
     let step = CUBE_DIM_X as usize;
     for t in range_stepped(first, l, step) {
@@ -71,9 +75,24 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
         for r in 0..l - 1 - t {
             after += f_log[row * l + l - 1 - r];
         }
+        let mut lw = 0.0f32;
         if inside {
+            lw = log_i[g * l + t] + after;
             f_cum[g * l + t] = before;
-            log_w[g * l + t] = log_i[g * l + t] + after;
+            log_w[g * l + t] = lw;
+            if t == l - 1 {
+                f_last[g] = before;
+            }
         }
+        w_log[row * l + t] = lw;
+    }
+    // Protects: the chunk's log w are all in shared memory before its maximum reads them.
+    sync_cube();
+    if inside && first == 0 {
+        let mut most = w_log[row * l];
+        for t in 1..l {
+            most = most.max(w_log[row * l + t]);
+        }
+        m_loc[g] = most;
     }
 }

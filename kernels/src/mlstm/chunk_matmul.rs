@@ -93,11 +93,11 @@ fn group_forward<B: MlstmBackend>(
                 log_i, // [B, NH, NC, L]
                 log_f,
                 f_cum,
-                log_w, // ĩ_s + Σ_{u>s} log f_u: each chunk's own contribution to its end state
+                log_w,  // ĩ_s + Σ_{u>s} log f_u: each chunk's own contribution to its end state
+                f_last, // F_L, [B, NH, NC]
+                m_loc,  // max_s log w_s, [B, NH, NC]
             },
     } = Chunked::new(x, len, dtype);
-    let f_last = f_cum.clone().narrow(3, len - 1, 1); // F_L, [B, NH, NC, 1]
-    let m_loc = log_w.clone().max_dim(3); // [B, NH, NC, 1]
     let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
         f_last.reshape([b * nh, nc]),
         m_loc.clone().reshape([b * nh, nc]),
@@ -108,7 +108,7 @@ fn group_forward<B: MlstmBackend>(
 
     // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}: the keys'
     // weights in C and n.
-    let w = (log_w - m_loc).exp() * gain.reshape([b, nh, nc, 1]) * key_scale;
+    let w = B::mlstm_state_weights(log_w, m_loc, gain.reshape([b, nh, nc]), key_scale);
     let kept = B::mlstm_chunk_states(
         k.clone(),
         w.clone(),
@@ -139,6 +139,16 @@ fn group_forward<B: MlstmBackend>(
             .cast(state.m.dtype()),
     };
     (h, final_state, kept)
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_state_weights`].
+pub(crate) fn state_weights<B: Backend>(
+    log_w: Tensor<B, 4>,
+    m_loc: Tensor<B, 3>,
+    gain: Tensor<B, 3>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    (log_w - m_loc.unsqueeze_dim::<4>(3)).exp() * gain.unsqueeze_dim::<4>(3) * scale
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_states`]: the weighted keys and their

@@ -33,8 +33,8 @@ impl<B: MlstmBackend> Chunked<B> {
     }
 }
 
-/// The gates of every chunk of `L` tokens, `[B, NH, NC, L]` each, f32; padding tokens carry
-/// `ĩ = M_EMPTY` and `log f = 0`.
+/// The gates of every chunk of `L` tokens, `[B, NH, NC, L]` each (and two per chunk,
+/// `[B, NH, NC]`), f32; padding tokens carry `ĩ = M_EMPTY` and `log f = 0`.
 #[derive(Debug, Clone)]
 pub struct ChunkGates<B: Backend> {
     /// `ĩ` (= `log i`).
@@ -46,6 +46,10 @@ pub struct ChunkGates<B: Backend> {
     /// `log w_s = ĩ_s + Σ_{u>s} log f_u`, the weight of token `s` in its chunk's end state
     /// before stabilising.
     pub log_w: Tensor<B, 4>,
+    /// `F_L`, the chunk's sum of `log f` (the last `F_t`), `[B, NH, NC]`.
+    pub f_last: Tensor<B, 3>,
+    /// `m_loc = max_s log w_s`, the chunk's own stabiliser, `[B, NH, NC]`.
+    pub m_loc: Tensor<B, 3>,
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_chunk_gates`].
@@ -56,9 +60,14 @@ pub(crate) fn chunk_gates<B: Backend>(
 ) -> ChunkGates<B> {
     let log_i = gate_chunks(i_preact, len, M_EMPTY);
     let log_f = log_forget_gate(gate_chunks(f_preact, len, -M_EMPTY));
+    let [b, nh, nc, _] = log_i.dims();
+    let log_w = log_i.clone() + sums_after(log_f.clone());
+    let f_cum = log_f.clone().cumsum(3);
     ChunkGates {
-        log_w: log_i.clone() + sums_after(log_f.clone()),
-        f_cum: log_f.clone().cumsum(3),
+        f_last: f_cum.clone().narrow(3, len - 1, 1).reshape([b, nh, nc]),
+        m_loc: log_w.clone().max_dim(3).reshape([b, nh, nc]),
+        log_w,
+        f_cum,
         log_i,
         log_f,
     }

@@ -31,6 +31,7 @@ use super::rows_kernel::{
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::state_mma_kernel::{chunk_states_mma_kernel, shared_bytes, STATE_PLANES, STATE_TILE};
+use super::state_weights_kernel::state_weights_kernel;
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
 use super::{ChunkGates, ChunkStates, MlstmBackend};
 
@@ -870,6 +871,8 @@ where
         let i_pre = i_preact.into_primitive().tensor();
         let out = || empty(&i_pre, vec![b * nh * nc, len], DType::F32);
         let (log_i, log_f, f_cum, log_w) = (out(), out(), out(), out());
+        let per_chunk = || empty(&i_pre, vec![b * nh * nc], DType::F32);
+        let (f_last, m_loc) = (per_chunk(), per_chunk());
         let client = i_pre.client.clone();
         // A row of units per chunk, as many chunks per cube as fill GATE_UNITS; the cubes
         // along x, then y.
@@ -888,6 +891,8 @@ where
             log_f.clone().into_tensor_arg(),
             f_cum.clone().into_tensor_arg(),
             log_w.clone().into_tensor_arg(),
+            f_last.clone().into_tensor_arg(),
+            m_loc.clone().into_tensor_arg(),
             len,
             per_cube,
             dtype.into(),
@@ -898,7 +903,39 @@ where
             log_f: shaped(log_f),
             f_cum: shaped(f_cum),
             log_w: shaped(log_w),
+            f_last: wrap::<R, F, I, BT, 1>(f_last).reshape([b, nh, nc]),
+            m_loc: wrap::<R, F, I, BT, 1>(m_loc).reshape([b, nh, nc]),
         }
+    }
+
+    fn mlstm_state_weights(
+        log_w: Tensor<Self, 4>,
+        m_loc: Tensor<Self, 3>,
+        gain: Tensor<Self, 3>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        let [b, nh, nc, len] = log_w.dims();
+        if b * nh * nc * len == 0 {
+            return super::chunk_matmul::state_weights(log_w, m_loc, gain, scale);
+        }
+        let g = b * nh * nc;
+        let log_w = prim(log_w.cast(DType::F32).reshape([g, len]));
+        let m_loc = prim(m_loc.cast(DType::F32).reshape([g]));
+        let gain = prim(gain.cast(DType::F32).reshape([g]));
+        let w = empty(&log_w, vec![g, len], DType::F32);
+        let client = log_w.client.clone();
+        let dim = CubeDim::new_1d(256);
+        state_weights_kernel::launch::<R>(
+            &client,
+            cubecl::calculate_cube_count_elemwise(&client, g * len, dim),
+            dim,
+            log_w.into_tensor_arg(),
+            m_loc.into_tensor_arg(),
+            gain.into_tensor_arg(),
+            w.clone().into_tensor_arg(),
+            scale as f32,
+        );
+        wrap::<R, F, I, BT, 2>(w).reshape([b, nh, nc, len])
     }
 
     fn mlstm_stabiliser_scan(

@@ -36,6 +36,8 @@ mod scan_kernel;
 #[cfg(feature = "cube")]
 mod state_mma_kernel;
 #[cfg(feature = "cube")]
+mod state_weights_kernel;
+#[cfg(feature = "cube")]
 mod step_kernel;
 
 pub use backward::OutputRowGrads;
@@ -273,6 +275,19 @@ pub trait MlstmBackend: Backend {
         len: usize,
     ) -> ChunkGates<Self> {
         chunked::chunk_gates(i_preact, f_preact, len)
+    }
+
+    /// The keys' weights in the chunk-boundary states (the key scale included):
+    /// `w_s = e^{log w_s - m_loc} · gain · scale` with `log_w [B, NH, NC, L]` and per chunk
+    /// `m_loc` (`max_s log w_s`) and `gain` (`e^{m_loc - m₁}`) `[B, NH, NC]`, all f32. The cube
+    /// backends do it in one pass.
+    fn mlstm_state_weights(
+        log_w: Tensor<Self, 4>,
+        m_loc: Tensor<Self, 3>,
+        gain: Tensor<Self, 3>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        chunk_matmul::state_weights(log_w, m_loc, gain, scale)
     }
 
     /// The stabiliser of every chunk boundary: from `m = m0 [G]`, per chunk `c`,
