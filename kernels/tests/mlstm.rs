@@ -1328,8 +1328,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             let what = format!("{dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, DQK {dqk}, DV {dv}]");
             let keys = round_bf16(&r.uniform(g * nc * len * dqk, -1.0, 1.0));
             // The keys' weights in C (rounded with the keys to the inputs' type) and in n.
-            let w = r.uniform(g * nc * len, 0.0, 0.2);
-            let u = r.uniform(g * nc * len, -0.5, 0.5);
+            let w_c = r.uniform(g * nc * len, 0.0, 0.2);
+            let w_n = r.uniform(g * nc * len, -0.5, 0.5);
             let v = round_bf16(&r.uniform(g * nc * len * dv, -1.0, 1.0));
             let decay = r.uniform(g * nc, 0.3, 1.0);
             let c0 = r.uniform(g * dqk * dv, -1.0, 1.0);
@@ -1340,7 +1340,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 keep_going(&mut failures, || {
                     fn states<C: MlstmBackend>(
                         d: &C::Device,
-                        [keys, w, u, v, decay, c0, n0]: [&[f32]; 7],
+                        [keys, w_c, w_n, v, decay, c0, n0]: [&[f32]; 7],
                         [b, nh, nc, len, dqk, dv]: [usize; 6],
                         dtype: DType,
                         reverse: bool,
@@ -1348,8 +1348,8 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                         let on = |t: Tensor<C, 5>| t.cast(dtype);
                         let kept = C::mlstm_chunk_states(
                             on(tensor(keys, [b, nh, nc, len, dqk], d)),
-                            tensor(w, [b, nh, nc, len], d),
-                            tensor(u, [b, nh, nc, len], d),
+                            tensor(w_c, [b, nh, nc, len], d),
+                            tensor(w_n, [b, nh, nc, len], d),
                             on(tensor(v, [b, nh, nc, len, dv], d)),
                             tensor(decay, [b, nh, nc], d),
                             tensor(c0, [b, nh, dqk, dv], d),
@@ -1365,7 +1365,7 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                             values(kept.n_end),
                         ]
                     }
-                    let parts = [&keys[..], &w, &u, &v, &decay, &c0, &n0];
+                    let parts = [&keys[..], &w_c, &w_n, &v, &decay, &c0, &n0];
                     let dims = [b, nh, nc, len, dqk, dv];
                     let got = states::<B>(dev, parts, dims, dtype, reverse);
                     let want = states::<Ref>(&rd, parts, dims, DType::F32, reverse);

@@ -157,8 +157,8 @@ pub(crate) fn state_weights<B: Backend>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn chunk_states<B: MlstmBackend>(
     k: Tensor<B, 5>,
-    w: Tensor<B, 4>,
-    u: Tensor<B, 4>,
+    w_c: Tensor<B, 4>,
+    w_n: Tensor<B, 4>,
     v: Tensor<B, 5>,
     decay: Tensor<B, 3>,
     c0: Tensor<B, 4>,
@@ -170,8 +170,8 @@ pub(crate) fn chunk_states<B: MlstmBackend>(
     let flat = |t: Tensor<B, 4>| t.reshape([b * nh * nc, len]);
     let (k_w, k_sum) = B::mlstm_weighted_rows(
         B::mlstm_rows(k, [b * nh * nc, len, dqk]),
-        flat(w),
-        Some(flat(u)),
+        flat(w_c),
+        Some(flat(w_n)),
     );
     let k_w = k_w.reshape([b, nh, nc, len, dqk]);
     let kv = B::mlstm_matmul(k_w.swap_dims(3, 4), v, dtype); // [B, NH, NC, DQK, DV]

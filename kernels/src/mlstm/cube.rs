@@ -402,8 +402,8 @@ fn mma_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, lengths: &
 #[allow(clippy::too_many_arguments)]
 fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     k: &Tensor<Cube<R, F, I, BT>, 5>,
-    w: &Tensor<Cube<R, F, I, BT>, 4>,
-    u: &Tensor<Cube<R, F, I, BT>, 4>,
+    w_c: &Tensor<Cube<R, F, I, BT>, 4>,
+    w_n: &Tensor<Cube<R, F, I, BT>, 4>,
     v: &Tensor<Cube<R, F, I, BT>, 5>,
     decay: &Tensor<Cube<R, F, I, BT>, 3>,
     c0: &Tensor<Cube<R, F, I, BT>, 4>,
@@ -440,7 +440,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
         return None;
     }
     let elem: StorageType = dtype.into();
-    let [w, u] = [w, u].map(|t| prim(t.clone().cast(DType::F32)));
+    let [w_c, w_n] = [w_c, w_n].map(|t| prim(t.clone().cast(DType::F32)));
     let decay = prim(decay.clone());
     let c0 = prim(c0.clone());
     let n0 = prim(n0.clone());
@@ -459,8 +459,8 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
             width,
             k_p.into_tensor_arg(),
             v_p.into_tensor_arg(),
-            w.into_tensor_arg(),
-            u.into_tensor_arg(),
+            w_c.into_tensor_arg(),
+            w_n.into_tensor_arg(),
             decay.into_tensor_arg(),
             c0.into_tensor_arg(),
             n0.into_tensor_arg(),
@@ -784,17 +784,17 @@ where
 
     fn mlstm_chunk_states(
         k: Tensor<Self, 5>,
-        w: Tensor<Self, 4>,
-        u: Tensor<Self, 4>,
+        w_c: Tensor<Self, 4>,
+        w_n: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
         c0: Tensor<Self, 4>,
         n0: Tensor<Self, 3>,
         reverse: bool,
     ) -> ChunkStates<Self> {
-        match mma_chunk_states(&k, &w, &u, &v, &decay, &c0, &n0, reverse) {
+        match mma_chunk_states(&k, &w_c, &w_n, &v, &decay, &c0, &n0, reverse) {
             Some(states) => states,
-            None => super::chunk_matmul::chunk_states(k, w, u, v, decay, c0, n0, reverse),
+            None => super::chunk_matmul::chunk_states(k, w_c, w_n, v, decay, c0, n0, reverse),
         }
     }
 

@@ -304,10 +304,10 @@ pub trait MlstmBackend: Backend {
 
     /// The chunk-boundary states of the chunkwise form (eq. 19 summed over each chunk): from
     /// `c0 [B, NH, DQK, DV]` and `n0 [B, NH, DQK]` (f32), per chunk `c` the updates
-    /// `C ← a_c C + (w∘K)ᵀ V` and `n ← a_c n + Σ_s u_s k_s` with the chunk's keys
+    /// `C ← a_c C + (w_c∘K)ᵀ V` and `n ← a_c n + Σ_s w_n,s k_s` with the chunk's keys
     /// `k [B, NH, NC, L, DQK]` and values `v [B, NH, NC, L, DV]` (one float type), the keys'
-    /// weights in `C` and in `n`, `w` and `u [B, NH, NC, L]`, and `decay [B, NH, NC]` (f32); the
-    /// weighted keys `w_s k_s` are rounded to the keys' type; over `c = 0..NC`, or `NC-1..=0`
+    /// weights in `C` and in `n`, `w_c` and `w_n [B, NH, NC, L]`, and `decay [B, NH, NC]` (f32);
+    /// the weighted keys `w_c,s k_s` are rounded to the keys' type; over `c = 0..NC`, or `NC-1..=0`
     /// where `reverse` (the backward's state gradients: `dC ← a_c dC + (g∘Q)ᵀ dnum`,
     /// `dn ← a_c dn + Σ_t g_t dqn_t q_t`). Returns `C` before every chunk's update
     /// `[B, NH, NC, DQK, DV]` in `k`'s float type and after the last update `[B, NH, DQK, DV]`,
@@ -318,15 +318,15 @@ pub trait MlstmBackend: Backend {
     #[allow(clippy::too_many_arguments)]
     fn mlstm_chunk_states(
         k: Tensor<Self, 5>,
-        w: Tensor<Self, 4>,
-        u: Tensor<Self, 4>,
+        w_c: Tensor<Self, 4>,
+        w_n: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
         c0: Tensor<Self, 4>,
         n0: Tensor<Self, 3>,
         reverse: bool,
     ) -> ChunkStates<Self> {
-        chunk_matmul::chunk_states(k, w, u, v, decay, c0, n0, reverse)
+        chunk_matmul::chunk_states(k, w_c, w_n, v, decay, c0, n0, reverse)
     }
 
     /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k
