@@ -10,6 +10,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_golden::{cases, golden_dir, rel_l2};
+use xlstm_kernels::mlstm::GateGradTerms;
 use xlstm_kernels::MlstmBackend;
 
 type Ref = NdArray<f32>;
@@ -1168,6 +1169,72 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 let got = weights::<B>(dev, parts, [g, len]);
                 let want = weights::<Ref>(&Default::default(), parts, [g, len]);
                 check(&format!("state weights [{g}, {len}]"), got, want, 1e-6);
+            });
+        }
+        // The gates' gradients from the backward's chunk terms: chunks ending in padding
+        // tokens, one token, several chunks per cube, chunks over a cube's units; in the half
+        // type the pre-activations and the results.
+        for &(b, nh, s, len) in &[
+            (1usize, 1usize, 1usize, 1usize),
+            (2, 3, 7, 4),
+            (1, 2, 65, 64),
+            (3, 2, 33, 33),
+            (4, 3, 50, 20),
+            (1, 2, 700, 300),
+        ] {
+            let nc = s.div_ceil(len);
+            let n = b * nh * nc * len;
+            let terms: Vec<Vec<f32>> = (0..5).map(|_| r.uniform(n, -2.0, 2.0)).collect();
+            let w_arg: Vec<f32> = r
+                .uniform(b * nh * nc, 0.0, len as f32)
+                .iter()
+                .map(|x| x.floor().min(len as f32 - 1.0))
+                .collect();
+            let d_loc = r.uniform(b * nh * nc, -1.0, 1.0);
+            let d_dec = r.uniform(b * nh * nc, -1.0, 1.0);
+            let mut f_pre = round_to(&r.uniform(b * nh * s, -8.0, 8.0), dtype);
+            f_pre[0] = -1e3;
+            let what = format!("gate input grads {dtype:?} [{b}, {nh}, {s}] chunk {len}");
+            fn input_grads<C: MlstmBackend>(
+                d: &C::Device,
+                terms: &[Vec<f32>],
+                [w_arg, d_loc, d_dec, f_pre]: [&[f32]; 4],
+                [b, nh, s, len]: [usize; 4],
+                dtype: DType,
+            ) -> [Vec<f64>; 2] {
+                let nc = s.div_ceil(len);
+                let t = |v: &[f32]| tensor::<C, 4>(v, [b, nh, nc, len], d);
+                let per_chunk = |v: &[f32]| tensor::<C, 3>(v, [b, nh, nc], d);
+                let (di, df) = C::mlstm_gate_input_grads(
+                    GateGradTerms {
+                        rows: t(&terms[0]),
+                        cols: t(&terms[1]),
+                        dlog_start: t(&terms[2]),
+                        k_dot: t(&terms[3]),
+                        w: t(&terms[4]).abs(),
+                        w_arg: per_chunk(w_arg).int(),
+                        d_loc: per_chunk(d_loc),
+                        d_dec: per_chunk(d_dec),
+                    },
+                    0.3,
+                    tensor::<C, 3>(f_pre, [b, nh, s], d).cast(dtype),
+                    dtype,
+                );
+                for (name, x) in [("di", &di), ("df", &df)] {
+                    assert_eq!(x.dims(), [b, nh, s], "gate input grads: {name} shape");
+                    assert_eq!(x.dtype(), dtype, "gate input grads: {name} type");
+                }
+                [values(di), values(df)]
+            }
+            keep_going(&mut failures, || {
+                let parts = [&w_arg[..], &d_loc, &d_dec, &f_pre];
+                let dims = [b, nh, s, len];
+                let got = input_grads::<B>(dev, &terms, parts, dims, dtype);
+                let want = input_grads::<Ref>(&Default::default(), &terms, parts, dims, DType::F32);
+                let bound = if is_half { 5e-3 } else { 1e-5 };
+                for ((name, got), want) in ["di", "df"].iter().zip(got).zip(want) {
+                    check(&format!("{what} {name}"), got, want, bound);
+                }
             });
         }
         // The gate matrix of every chunk and the backward through it: chunks of 1–129 tokens

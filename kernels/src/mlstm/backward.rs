@@ -32,7 +32,7 @@
 //! boundary terms), times `σ(-f̃)`.
 
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 
 use super::chunk_matmul::{scan_chunks, sums_type};
@@ -360,25 +360,29 @@ fn group_backward<B: MlstmBackend>(
         x.k.dtype(),
     );
     let dv_state = mm(k_w, dc_end, sums_type(work));
-    let dlog_w = (k_dot.reshape([b, nh, nc, len, 1]) * w * scale).reshape([b, nh, nc, len])
-        + one_hot(w_arg, len) * d_loc.unsqueeze_dim::<4>(3);
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
-    let rows = rows.reshape([b, nh, nc, len]);
-    let cols = cols.reshape([b, nh, nc, len]);
-    let di = cols.clone() + dlog_w.clone();
-    let dlog_f = reverse_cumsum(rows - cols + dlog_start)
-        + (dlog_w.clone().cumsum(3) - dlog_w)
-        + d_dec.unsqueeze_dim::<4>(3);
+    let (di, df) = B::mlstm_gate_input_grads(
+        GateGradTerms {
+            rows: rows.reshape([b, nh, nc, len]),
+            cols: cols.reshape([b, nh, nc, len]),
+            dlog_start,
+            k_dot: k_dot.reshape([b, nh, nc, len]),
+            w: w.reshape([b, nh, nc, len]),
+            w_arg: w_arg.reshape([b, nh, nc]),
+            d_loc,
+            d_dec,
+        },
+        scale,
+        x.f_preact.clone(),
+        x.i_preact.dtype(),
+    );
 
     let out4 = |t: Tensor<B, 5>, d: usize, like: &Tensor<B, 4>| {
         t.reshape([b, nh, nc * len, d])
             .narrow(2, 0, s)
             .cast(like.dtype())
     };
-    let tokens = |t: Tensor<B, 4>| t.reshape([b, nh, nc * len]).narrow(2, 0, s);
-    // d f̃ = d log f · σ(-f̃).
-    let df = tokens(dlog_f) * sigmoid(x.f_preact.clone().cast(DType::F32).neg());
     (
         MlstmInputs {
             q: out4(dq.reshape([b, nh, nc, len, dqk]), dqk, &x.q),
@@ -389,8 +393,8 @@ fn group_backward<B: MlstmBackend>(
                 dv,
                 &x.v,
             ),
-            i_preact: tokens(di).cast(x.i_preact.dtype()),
-            f_preact: df.cast(x.f_preact.dtype()),
+            i_preact: di,
+            f_preact: df,
         },
         MlstmState {
             c: dc.cast(state.c.dtype()),
@@ -398,6 +402,61 @@ fn group_backward<B: MlstmBackend>(
             m: dm.cast(state.m.dtype()),
         },
     )
+}
+
+/// The backward's terms of the gates' gradients within each chunk, `[B, NH, NC, L]` f32 (per
+/// chunk `[B, NH, NC]`), for [`MlstmBackend::mlstm_gate_input_grads`].
+#[derive(Debug, Clone)]
+pub struct GateGradTerms<B: Backend> {
+    /// Row sums of `d log D` (row `t`: the ranges that end at `t`).
+    pub rows: Tensor<B, 4>,
+    /// Column sums of `d log D` (column `s`: the terms of `ĩ_s`).
+    pub cols: Tensor<B, 4>,
+    /// `d(m₀ + F_t)`, the gradient of each row's start term.
+    pub dlog_start: Tensor<B, 4>,
+    /// `k_s · (V dC₁ᵀ + dn₁)_s`, the state term of `dk_s` dotted with `k_s`.
+    pub k_dot: Tensor<B, 4>,
+    /// The state weights `w_s = e^{log w_s - m₁}` (without the key scale).
+    pub w: Tensor<B, 4>,
+    /// The token of each chunk's `max_s log w_s` `[B, NH, NC]`.
+    pub w_arg: Tensor<B, 3, Int>,
+    /// The gradient of that maximum `[B, NH, NC]`.
+    pub d_loc: Tensor<B, 3>,
+    /// The gradient of the chunk's `F_L` through its decay `[B, NH, NC]`.
+    pub d_dec: Tensor<B, 3>,
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_gate_input_grads`].
+pub(crate) fn gate_input_grads<B: Backend>(
+    terms: GateGradTerms<B>,
+    scale: f64,
+    f_preact: Tensor<B, 3>,
+    i_dtype: DType,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let GateGradTerms {
+        rows,
+        cols,
+        dlog_start,
+        k_dot,
+        w,
+        w_arg,
+        d_loc,
+        d_dec,
+    } = terms;
+    let [b, nh, nc, len] = rows.dims();
+    let s = f_preact.dims()[2];
+    // d log w_s = k_s·(state term) w_s / sqrt(DQK), plus the maximum's gradient at its token.
+    let dlog_w =
+        k_dot * w * scale + one_hot(w_arg.unsqueeze_dim::<4>(3), len) * d_loc.unsqueeze_dim::<4>(3);
+    let di = cols.clone() + dlog_w.clone();
+    let dlog_f = reverse_cumsum(rows - cols + dlog_start)
+        + (dlog_w.clone().cumsum(3) - dlog_w)
+        + d_dec.unsqueeze_dim::<4>(3);
+    let tokens = |t: Tensor<B, 4>| t.reshape([b, nh, nc * len]).narrow(2, 0, s);
+    // d f̃ = d log f · σ(-f̃).
+    let f_dtype = f_preact.dtype();
+    let df = tokens(dlog_f) * sigmoid(f_preact.cast(DType::F32).neg());
+    (tokens(di).cast(i_dtype), df.cast(f_dtype))
 }
 
 /// The tensor-op form of [`MlstmBackend::mlstm_weighted_rows`].

@@ -13,12 +13,13 @@ use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
-use super::backward::OutputRowGrads;
+use super::backward::{GateGradTerms, OutputRowGrads};
 use super::chunk_gates_kernel::{chunk_gates_kernel, GATE_MAX_LEN, GATE_UNITS};
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
+use super::gate_input_grads_kernel::gate_input_grads_kernel;
 use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
 use super::mma_tiles::PLANE;
@@ -1011,6 +1012,65 @@ where
             [dtype.into(), sums.into()],
         );
         wrap(h)
+    }
+
+    fn mlstm_gate_input_grads(
+        terms: GateGradTerms<Self>,
+        scale: f64,
+        f_preact: Tensor<Self, 3>,
+        i_dtype: DType,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        let [b, nh, nc, len] = terms.rows.dims();
+        let s = f_preact.dims()[2];
+        let dtype = f_preact.dtype();
+        if !supported(dtype) || i_dtype != dtype || len > GATE_MAX_LEN || b * nh * s == 0 {
+            return super::backward::gate_input_grads(terms, scale, f_preact, i_dtype);
+        }
+        let g = b * nh * nc;
+        let by_chunk_token = |t: Tensor<Self, 4>| prim(t.cast(DType::F32).reshape([g, len]));
+        let by_chunk = |t: Tensor<Self, 3>| prim(t.cast(DType::F32).reshape([g]));
+        let GateGradTerms {
+            rows,
+            cols,
+            dlog_start,
+            k_dot,
+            w,
+            w_arg,
+            d_loc,
+            d_dec,
+        } = terms;
+        let rows = by_chunk_token(rows);
+        let f_pre = f_preact.into_primitive().tensor();
+        let di = empty(&rows, vec![b, nh, s], dtype);
+        let df = empty(&rows, vec![b, nh, s], dtype);
+        let client = rows.client.clone();
+        // As the chunk gates: a row of units per chunk, the cubes along x, then y.
+        let per_cube = (GATE_UNITS / len).max(1);
+        let dim = CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_cube as u32);
+        let cubes = g.div_ceil(per_cube);
+        let along_x = cubes.min(usize::from(u16::MAX));
+        let count = CubeCount::Static(along_x as u32, cubes.div_ceil(along_x) as u32, 1);
+        gate_input_grads_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            rows.into_tensor_arg(),
+            by_chunk_token(cols).into_tensor_arg(),
+            by_chunk_token(dlog_start).into_tensor_arg(),
+            by_chunk_token(k_dot).into_tensor_arg(),
+            by_chunk_token(w).into_tensor_arg(),
+            by_chunk(w_arg.float()).into_tensor_arg(),
+            by_chunk(d_loc).into_tensor_arg(),
+            by_chunk(d_dec).into_tensor_arg(),
+            f_pre.into_tensor_arg(),
+            di.clone().into_tensor_arg(),
+            df.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            per_cube,
+            dtype.into(),
+        );
+        (wrap(di), wrap(df))
     }
 
     fn mlstm_backward_rows(

@@ -23,6 +23,8 @@ mod cube_matmul;
 #[cfg(feature = "cube")]
 mod dots_kernel;
 #[cfg(feature = "cube")]
+mod gate_input_grads_kernel;
+#[cfg(feature = "cube")]
 mod gate_kernel;
 mod gates;
 #[cfg(feature = "cube")]
@@ -40,7 +42,7 @@ mod state_weights_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
-pub use backward::OutputRowGrads;
+pub use backward::{GateGradTerms, OutputRowGrads};
 pub use chunk_matmul::chunkwise_matmul;
 pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
@@ -149,6 +151,21 @@ pub trait MlstmBackend: Backend {
         work: DType,
     ) -> OutputRowGrads<Self> {
         backward::backward_rows(dh, h, qn, stab, row_max, work)
+    }
+
+    /// The gates' gradients from the backward's terms within each chunk ([`GateGradTerms`]):
+    /// `d log w_s = k_dot_s w_s scale` (+ `d_loc` at `w_arg`), `dĩ_s = cols_s + d log w_s`,
+    /// `d log f_s = Σ_{u≥s}(rows_u - cols_u + dlog_start_u) + Σ_{u<s} d log w_u + d_dec`, and
+    /// `df̃ = d log f · σ(-f̃)`. Returns `(dĩ, df̃)` `[B, NH, S]` (the chunks' padding tokens
+    /// dropped), `dĩ` in `i_dtype` and `df̃` in `f_preact`'s float type. The cube backends do it
+    /// in one pass.
+    fn mlstm_gate_input_grads(
+        terms: GateGradTerms<Self>,
+        scale: f64,
+        f_preact: Tensor<Self, 3>,
+        i_dtype: DType,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        backward::gate_input_grads(terms, scale, f_preact, i_dtype)
     }
 
     /// The backward's last step for `dq` and `dk`, row by row: with `u = b + s ⊗ c` (row `r`
