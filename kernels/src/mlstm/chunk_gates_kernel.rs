@@ -14,8 +14,17 @@ pub(crate) const GATE_UNITS: usize = 256;
 /// Longest chunk the kernel takes (its `log f` in shared memory: 16 KiB).
 pub(crate) const GATE_MAX_LEN: usize = 4096;
 
-/// Chunk `g = (b · NH + h) · NC + c` is row `g % per_cube` of cube `g / per_cube` (cubes
-/// numbered along x, then y); the pre-activations in any strides, the outputs contiguous
+/// The chunk of this unit's row in the kernels with a row of units per chunk (this one and
+/// `gate_input_grads_kernel.rs`): chunk `g` is row `g % per_cube` of cube `g / per_cube`, the
+/// cubes numbered along x, then y.
+#[cube]
+pub(crate) fn chunk_of_row(#[comptime] per_cube: usize) -> usize {
+    let cube = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    cube * per_cube + UNIT_POS_Y as usize
+}
+
+/// Chunk `g = (b · NH + h) · NC + c` is row `g % per_cube` of cube `g / per_cube`
+/// ([`chunk_of_row`]); the pre-activations in any strides, the outputs contiguous
 /// `[G, L]` and `[G]`. Cube: `min(l, GATE_UNITS) × per_cube` units.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -33,8 +42,7 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let row = UNIT_POS_Y as usize;
-    let cube = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
-    let g = cube * per_cube + row;
+    let g = chunk_of_row(per_cube);
     let inside = g < log_i.shape(0);
     let (nh, s) = (i_pre.shape(1), i_pre.shape(2));
     let nc = s.div_ceil(l);

@@ -382,6 +382,19 @@ fn mma_kernels_take<R: CubeRuntime>(
                 .min(STATIC_SHARED_BYTES)
 }
 
+/// The launch of the kernels with a row of units per chunk of `len` tokens
+/// (`chunk_gates_kernel.rs`, `gate_input_grads_kernel.rs`): as many chunks per cube as fill
+/// [`GATE_UNITS`] (at least one), one unit per token up to that, the cubes along x, then y.
+/// Returns the cube count, the cube and the chunks per cube.
+fn chunk_rows_launch(chunks: usize, len: usize) -> (CubeCount, CubeDim, usize) {
+    let per_cube = (GATE_UNITS / len).max(1);
+    let dim = CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_cube as u32);
+    let cubes = chunks.div_ceil(per_cube);
+    let along_x = cubes.min(usize::from(u16::MAX));
+    let count = CubeCount::Static(along_x as u32, cubes.div_ceil(along_x) as u32, 1);
+    (count, dim, per_cube)
+}
+
 /// The widest vector (8, 4, 2 or 1 entries) of the `mma` kernels' global accesses that the
 /// runtime loads in one access and that divides every length in `lengths`.
 fn mma_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, lengths: &[usize]) -> usize {
@@ -875,13 +888,7 @@ where
         let per_chunk = || empty(&i_pre, vec![b * nh * nc], DType::F32);
         let (f_last, m_loc) = (per_chunk(), per_chunk());
         let client = i_pre.client.clone();
-        // A row of units per chunk, as many chunks per cube as fill GATE_UNITS; the cubes
-        // along x, then y.
-        let per_cube = (GATE_UNITS / len).max(1);
-        let dim = CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_cube as u32);
-        let cubes = (b * nh * nc).div_ceil(per_cube);
-        let along_x = cubes.min(usize::from(u16::MAX));
-        let count = CubeCount::Static(along_x as u32, cubes.div_ceil(along_x) as u32, 1);
+        let (count, dim, per_cube) = chunk_rows_launch(b * nh * nc, len);
         chunk_gates_kernel::launch::<R>(
             &client,
             count,
@@ -1044,12 +1051,7 @@ where
         let di = empty(&rows, vec![b, nh, s], dtype);
         let df = empty(&rows, vec![b, nh, s], dtype);
         let client = rows.client.clone();
-        // As the chunk gates: a row of units per chunk, the cubes along x, then y.
-        let per_cube = (GATE_UNITS / len).max(1);
-        let dim = CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_cube as u32);
-        let cubes = g.div_ceil(per_cube);
-        let along_x = cubes.min(usize::from(u16::MAX));
-        let count = CubeCount::Static(along_x as u32, cubes.div_ceil(along_x) as u32, 1);
+        let (count, dim, per_cube) = chunk_rows_launch(g, len);
         gate_input_grads_kernel::launch::<R>(
             &client,
             count,

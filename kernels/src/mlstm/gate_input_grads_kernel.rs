@@ -7,9 +7,11 @@
 
 use cubecl::prelude::*;
 
+use super::chunk_gates_kernel::chunk_of_row;
+
 /// `dĩ [B, NH, S]` and `df̃ [B, NH, S]` (contiguous) from the chunk terms `[G, L]` and
-/// per-chunk `[G]` (f32, contiguous; `w_arg` as f32), chunk `g` = row `g % per_cube` of cube
-/// `g / per_cube` (cubes along x, then y); `f_pre` in any strides.
+/// per-chunk `[G]` (f32, contiguous; `w_arg` as f32), a row of units per chunk
+/// ([`chunk_of_row`]); `f_pre` in any strides.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gate_input_grads_kernel<F: Float>(
@@ -30,8 +32,7 @@ pub(crate) fn gate_input_grads_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let row = UNIT_POS_Y as usize;
-    let cube = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
-    let g = cube * per_cube + row;
+    let g = chunk_of_row(per_cube);
     let inside = g < rows.shape(0);
     let (nh, s) = (f_pre.shape(1), f_pre.shape(2));
     let nc = s.div_ceil(l);
