@@ -395,24 +395,42 @@ fn chunk_rows_launch(chunks: usize, len: usize) -> (CubeCount, CubeDim, usize) {
     (count, dim, per_cube)
 }
 
-/// The widest vector (8, 4, 2 or 1 entries) of the `mma` kernels' global accesses that the
-/// runtime loads in one access and that divides every length in `lengths`.
-fn mma_width<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, lengths: &[usize]) -> usize {
-    let widest = client
+/// The row-major operands of an `mma` kernel (`[.., rows, D]`, their rows read in place where
+/// padded) and the width of the kernel's global vectors: 16 bytes, the `cp.async` staging of
+/// `mma_tiles::stage_async` (at 4 bytes, `DQK` 18 with vectors of two bf16 entries, the H200
+/// raised CUDA_ERROR_MISALIGNED_ADDRESS, session 15). `None` where an operand's last stride is
+/// not 1, the runtime does not load 16 bytes at once, or a row stride or one of `lengths` is not
+/// a multiple of the width (the caller runs the products).
+fn mma_operands<R, F, I, BT, const N: usize>(
+    client: &ComputeClient<R>,
+    operands: [&Tensor<Cube<R, F, I, BT>, 5>; N],
+    lengths: &[usize],
+) -> Option<([CubeTensor<R>; N], usize)>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let dtype = operands.first()?.dtype();
+    let width = 16 / dtype.size();
+    let prims = operands.map(|t| rows_prim(t.clone()));
+    let loads_width = client
         .io_optimized_vector_sizes(dtype.size())
-        .max()
-        .unwrap_or(1);
-    [8, 4, 2, 1]
-        .into_iter()
-        .find(|&w| w <= widest && lengths.iter().all(|x| x.is_multiple_of(w)))
-        .unwrap_or(1)
+        .any(|size| size >= width);
+    let divides = |x: usize| x.is_multiple_of(width);
+    let takes = loads_width
+        && prims
+            .iter()
+            .all(|t| t.meta.strides()[4] == 1 && divides(row_stride(t)))
+        && lengths.iter().all(|&x| divides(x));
+    takes.then_some((prims, width))
 }
 
 /// The chunk-boundary states of [`MlstmBackend::mlstm_chunk_states`] in one kernel on the
-/// device's `mma` (`state_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]: vectors of
-/// 16 bytes for its `cp.async` staging), the batch entries and heads within one grid axis,
-/// unless switched off ([`fused_states`]). `None` otherwise (the caller runs the products and
-/// the scans).
+/// device's `mma` (`state_mma_kernel.rs`), where it takes them ([`mma_kernels_take`],
+/// [`mma_operands`]), the batch entries and heads within one grid axis, unless switched off
+/// ([`fused_states`]). `None` otherwise (the caller runs the products and the scans).
 #[allow(clippy::too_many_arguments)]
 fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     k: &Tensor<Cube<R, F, I, BT>, 5>,
@@ -438,21 +456,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     if !mma_kernels_take(&client, dtype, shared_bytes(len, dtype.size())) {
         return None;
     }
-    let k_p = rows_prim(k.clone());
-    let v_p = rows_prim(v.clone());
-    let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
-    if !unit_last(&k_p) || !unit_last(&v_p) {
-        return None;
-    }
-    let width = mma_width(
-        &client,
-        dtype,
-        &[row_stride(&k_p), row_stride(&v_p), dqk, dv],
-    );
-    if width * dtype.size() != 16 {
-        // The staging is 16-byte `cp.async` (`mma_tiles::stage_async`).
-        return None;
-    }
+    let ([k_p, v_p], width) = mma_operands(&client, [k, v], &[dqk, dv])?;
     let elem: StorageType = dtype.into();
     let [w_c, w_n] = [w_c, w_n].map(|t| prim(t.clone().cast(DType::F32)));
     let decay = prim(decay.clone());
@@ -496,10 +500,10 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
 }
 
 /// The outputs of [`MlstmBackend::mlstm_chunk_outputs`] in one kernel on the device's `mma`
-/// (`output_mma_kernel.rs`), where it takes them ([`mma_kernels_take`]): chunks of at most
-/// [`OUTPUT_MAX_LEN`] tokens, `c_start` of the inputs' type, every cube within one grid axis;
-/// and `DV` up to [`FUSED_OUTPUTS_MAX_DV`] unless switched ([`fused_outputs`]). `None` otherwise
-/// (the caller runs the products).
+/// (`output_mma_kernel.rs`), where it takes them ([`mma_kernels_take`], [`mma_operands`]):
+/// chunks of at most [`OUTPUT_MAX_LEN`] tokens, `c_start` of the inputs' type, every cube within
+/// one grid axis; and `DV` up to [`FUSED_OUTPUTS_MAX_DV`] unless switched ([`fused_outputs`]).
+/// `None` otherwise (the caller runs the products).
 #[allow(clippy::too_many_arguments)]
 fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     q: &Tensor<Cube<R, F, I, BT>, 5>,
@@ -535,28 +539,7 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     {
         return None;
     }
-    let [q_p, k_p, v_p] = [q, k, v].map(|t| rows_prim(t.clone()));
-    let unit_last = |t: &CubeTensor<R>| t.meta.strides()[4] == 1;
-    if ![&q_p, &k_p, &v_p].iter().all(|t| unit_last(t)) {
-        return None;
-    }
-    let width = mma_width(
-        &client,
-        dtype,
-        &[
-            row_stride(&q_p),
-            row_stride(&k_p),
-            row_stride(&v_p),
-            dqk,
-            dv,
-        ],
-    );
-    if width * dtype.size() != 16 {
-        // The staging copies are 16-byte `cp.async.cg`: at 4 bytes (`DQK` 18, vectors of two
-        // bf16 entries) the H200 raised CUDA_ERROR_MISALIGNED_ADDRESS (session 15). `DQK` and
-        // `DV` not multiples of 8 keep the products.
-        return None;
-    }
+    let ([q_p, k_p, v_p], width) = mma_operands(&client, [q, k, v], &[dqk, dv])?;
     let elem: StorageType = dtype.into();
     let chunks = b * nh * nc;
     let by_chunk = |t: &Tensor<Cube<R, F, I, BT>, 4>| prim(t.clone().reshape([chunks, len]));
