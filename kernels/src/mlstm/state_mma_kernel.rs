@@ -2,11 +2,11 @@
 //! `mma.sync` m16n8k16: half-type operands, f32 accumulators held in registers by the units):
 //! TFLA's recurrent state kernel. One cube per (64 × 64 tile of `C`, head, batch entry) walks
 //! the chunks: it writes the chunk-start tile, then applies the update (eq. 19 summed over the
-//! chunk) `C ← a_c C + (w∘K)ᵀ V`. The chunk's keys and values are staged in shared memory
+//! chunk) `C ← a_c C + (w_c∘K)ᵀ V`. The chunk's keys and values are staged in shared memory
 //! through `cp.async`, two rounds in flight (the next chunk's copies land while this one is
-//! multiplied, without registers); the weights `w_s` multiply the keys' `A` fragments in
+//! multiplied, without registers); the weights `w_c,s` multiply the keys' `A` fragments in
 //! registers, rounded to the inputs' type as the separate weighting pass rounded them. The cubes
-//! of the first column tile also carry `n ← a_c n + Σ_s u_s k_s` (f32 sums over the staged
+//! of the first column tile also carry `n ← a_c n + Σ_s w_n,s k_s` (f32 sums over the staged
 //! keys). The increments never leave the SM (the batched-product form writes them, 4.2 GB at the
 //! first benchmark shape, and a scan reads them back), and the state stays f32 throughout; only
 //! the chunk-start states of `C` are rounded to the inputs' type, as TFLA keeps them.
@@ -67,8 +67,8 @@ fn issue_chunk<F: Float, W: Size>(
     slot: usize,
     keys: &mut SharedMemory<Vector<F, W>>,
     values: &mut SharedMemory<Vector<F, W>>,
-    w_tiles: &mut SharedMemory<f32>,
-    u_tiles: &mut SharedMemory<f32>,
+    wc_tiles: &mut SharedMemory<f32>,
+    wn_tiles: &mut SharedMemory<f32>,
     #[comptime] len: usize,
 ) {
     let width = k.vector_size();
@@ -107,14 +107,14 @@ fn issue_chunk<F: Float, W: Size>(
     let c_base = batch * w_c.stride(0) + head * w_c.stride(1) + c * w_c.stride(2);
     let n_base = batch * w_n.stride(0) + head * w_n.stride(1) + c * w_n.stride(2);
     for t in range_stepped(UNIT_POS as usize, rows, UNITS) {
-        let mut w_t = 0.0f32;
-        let mut u_t = 0.0f32;
+        let mut wc_t = 0.0f32;
+        let mut wn_t = 0.0f32;
         if t < len {
-            w_t = w_c[c_base + t * w_c.stride(3)];
-            u_t = w_n[n_base + t * w_n.stride(3)];
+            wc_t = w_c[c_base + t * w_c.stride(3)];
+            wn_t = w_n[n_base + t * w_n.stride(3)];
         }
-        w_tiles[slot * rows + t] = w_t;
-        u_tiles[slot * rows + t] = u_t;
+        wc_tiles[slot * rows + t] = wc_t;
+        wn_tiles[slot * rows + t] = wn_t;
     }
 }
 
@@ -213,8 +213,8 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
 
     let mut keys = SharedMemory::<Vector<F, W>>::new(comptime!(2 * round)); // [round][s][a]
     let mut values = SharedMemory::<Vector<F, W>>::new(comptime!(2 * round)); // [round][s][d]
-    let mut w_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
-    let mut u_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
+    let mut wc_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
+    let mut wn_tiles = SharedMemory::<f32>::new(comptime!(2 * rows)); // [round][s]
     let mut n_part = SharedMemory::<f32>::new(comptime!(STATE_PLANES * STATE_TILE)); // [plane][a]
     let mut outgoing = SharedMemory::<Vector<F, W>>::new(comptime!(STATE_TILE * PITCH / width));
     let mut b_frags = Array::<Vector<F, FragB>>::new(comptime!(TILES_N * 2));
@@ -247,8 +247,8 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
         0,
         &mut keys,
         &mut values,
-        &mut w_tiles,
-        &mut u_tiles,
+        &mut wc_tiles,
+        &mut wn_tiles,
         len,
     );
     barrier_0.commit_copy_async();
@@ -281,8 +281,8 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 1 - this,
                 &mut keys,
                 &mut values,
-                &mut w_tiles,
-                &mut u_tiles,
+                &mut wc_tiles,
+                &mut wn_tiles,
                 len,
             );
             if this == 1 {
@@ -344,7 +344,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             }
         }
 
-        // n's increment Σ_s u_s k_s, f32: unit (group, vector) sums the tokens
+        // n's increment Σ_s w_n,s k_s, f32: unit (group, vector) sums the tokens
         // group, group + groups, … of its vector of the tile's rows; the groups of a plane
         // (its lanes `vector + per_row · j`) are summed by shuffles, the planes' sums in n_part.
         if col0 == 0 {
@@ -356,7 +356,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 // (`+=` on a vector: not relied on in `#[cube]` code here.)
                 #[allow(clippy::assign_op_pattern)]
                 {
-                    part = part + key * Vector::<f32, W>::new(u_tiles[this * rows + s]);
+                    part = part + key * Vector::<f32, W>::new(wn_tiles[this * rows + s]);
                 }
             }
             #[unroll]
@@ -372,7 +372,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
             }
         }
 
-        // C ← a_c C + (w∘K)ᵀ V: the decay in place, then the increment accumulated on top.
+        // C ← a_c C + (w_c∘K)ᵀ V: the decay in place, then the increment accumulated on top.
         let a_c = decay[d_base + c * decay.stride(2)];
         let a_vec = Vector::<f32, FragC>::new(a_c);
         #[unroll]
@@ -408,12 +408,12 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 #[unroll]
                 for e in 0..sa {
                     let (_, token) = def.position_of_nth(lane, (i * sa + e) as u32, MatrixIdent::A);
-                    a_weights[i * sa + e] = w_tiles[this * rows + ks * MMA_K + token as usize];
+                    a_weights[i * sa + e] = wc_tiles[this * rows + ks * MMA_K + token as usize];
                 }
             }
             #[unroll]
             for mt in 0..TILES_M {
-                // A = (w∘K)ᵀ[a, s] (m = key entry, k = token) from the keys' rows [s][a],
+                // A = (w_c∘K)ᵀ[a, s] (m = key entry, k = token) from the keys' rows [s][a],
                 // transposed by `ldmatrix`: `m` runs along the tile's columns; each entry
                 // times its token's weight, rounded to F.
                 let raw = load_x4::<F, W, FragA>(
