@@ -10,7 +10,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_golden::{cases, golden_dir, rel_l2};
-use xlstm_kernels::mlstm::GateGradTerms;
+use xlstm_kernels::mlstm::{GateGradTerms, GradientProducts, Layout};
 use xlstm_kernels::MlstmBackend;
 
 type Ref = NdArray<f32>;
@@ -973,32 +973,96 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 }
             });
         }
-        // dv's two terms summed and cast, the terms in f32 and in the half type.
-        for &(rows, d) in &[(1, 1), (9, 3), (17, 6), (64, 512), (3, 1001)] {
-            let a = r.uniform(rows * d, -2.0, 2.0);
-            let b = r.uniform(rows * d, -2.0, 2.0);
-            let (a_half, b_half) = (round_to(&a, dtype), round_to(&b, dtype));
-            for (terms, a, b) in [(DType::F32, &a, &b), (dtype, &a_half, &b_half)] {
-                keep_going(&mut failures, || {
-                    let got = B::mlstm_sum_rows(
-                        tensor::<B, 2>(a, [rows, d], dev).cast(terms),
-                        tensor::<B, 2>(b, [rows, d], dev).cast(terms),
+        // The backward's gradient rows in its three forms (dq: dS K + α (dnum C₀ᵀ + β n₀ᵀ) with
+        // the dot; dk: dSᵀ Q + α (V dC₁ᵀ + β dn₁ᵀ) with the dot; dv: Pᵀ dnum + α K dC₁), with
+        // causal [L, L] matrices: full chunks over several column tiles and slices of E, short
+        // chunks (planes without rows), E not a multiple of the slice, and a chunk of 33 rows
+        // (the tensor-core kernel declines it: its rows are not 16 bytes).
+        for &(b, nh, nc, len, d, e) in &[
+            (1, 1, 1, 64, 64, 64),
+            (2, 1, 3, 64, 192, 192),
+            (1, 1, 2, 64, 256, 512),
+            (1, 1, 2, 32, 96, 40),
+            (1, 2, 2, 48, 24, 16),
+            (1, 3, 2, 16, 8, 72),
+            (2, 1, 1, 33, 16, 24),
+        ] {
+            let chunks = b * nh * nc;
+            let mut pairs = round_to(&r.uniform(chunks * len * len, -1.0, 1.0), dtype);
+            for (at, p) in pairs.iter_mut().enumerate() {
+                let (t, s) = ((at / len) % len, at % len);
+                if s > t {
+                    *p = 0.0;
+                }
+            }
+            let xs = round_to(&r.uniform(chunks * len * d, -1.0, 1.0), dtype);
+            let ys = round_to(&r.uniform(chunks * len * e, -1.0, 1.0), dtype);
+            let zs = round_to(&r.uniform(chunks * e * d, -1.0, 1.0), dtype);
+            let ws = round_to(&r.uniform(chunks * len * d, -1.0, 1.0), dtype);
+            let alpha = r.uniform(chunks * len, 0.0, 2.0);
+            let beta = r.uniform(chunks * len, -1.0, 1.0);
+            let z_row = r.uniform(chunks * d, -1.0, 1.0);
+            for (form, pairs_layout, z_layout, row_term, dot) in [
+                ("dq", Layout::AsStored, Layout::Transposed, true, true),
+                ("dk", Layout::Transposed, Layout::Transposed, true, true),
+                ("dv", Layout::Transposed, Layout::AsStored, false, false),
+            ] {
+                #[allow(clippy::too_many_arguments)]
+                fn products<C: MlstmBackend>(
+                    dv: &C::Device,
+                    [pairs, x, y, z, w, alpha, beta, z_row]: [&[f32]; 8],
+                    [b, nh, nc, len, d, e]: [usize; 6],
+                    [pairs_layout, z_layout]: [Layout; 2],
+                    [row_term, dot]: [bool; 2],
+                    dtype: DType,
+                ) -> (Vec<f64>, Option<Vec<f64>>) {
+                    let on = |t: Tensor<C, 5>| t.cast(dtype);
+                    let z_shape = match z_layout {
+                        Layout::AsStored => [b, nh, nc, e, d],
+                        Layout::Transposed => [b, nh, nc, d, e],
+                    };
+                    let (got, dots) = C::mlstm_gradient_products(
+                        GradientProducts {
+                            pairs: on(tensor(pairs, [b, nh, nc, len, len], dv)),
+                            pairs_layout,
+                            x: on(tensor(x, [b, nh, nc, len, d], dv)),
+                            y: on(tensor(y, [b, nh, nc, len, e], dv)),
+                            z: on(tensor(z, z_shape, dv)),
+                            z_layout,
+                            alpha: tensor(alpha, [b, nh, nc, len], dv),
+                            row_term: row_term.then(|| {
+                                (
+                                    tensor(beta, [b, nh, nc, len], dv),
+                                    tensor(z_row, [b, nh, nc, d], dv),
+                                )
+                            }),
+                            dot_with: dot.then(|| on(tensor(w, [b, nh, nc, len, d], dv))),
+                        },
+                        0.3,
                         dtype,
                     );
-                    assert_eq!(got.dtype(), dtype, "sum rows: output float type");
+                    assert_eq!(got.dtype(), dtype, "gradient products: output float type");
+                    assert_eq!(dots.is_some(), dot, "gradient products: dots where asked");
+                    (values(got), dots.map(values))
+                }
+                keep_going(&mut failures, || {
+                    let parts = [&pairs[..], &xs, &ys, &zs, &ws, &alpha, &beta, &z_row];
+                    let dims = [b, nh, nc, len, d, e];
+                    let layouts = [pairs_layout, z_layout];
+                    let flags = [row_term, dot];
+                    let (got, dots) = products::<B>(dev, parts, dims, layouts, flags, dtype);
                     let rd = Default::default();
-                    let want = Ref::mlstm_sum_rows(
-                        tensor(a, [rows, d], &rd),
-                        tensor(b, [rows, d], &rd),
-                        DType::F32,
+                    let (want, want_dots) =
+                        products::<Ref>(&rd, parts, dims, layouts, flags, DType::F32);
+                    let what = format!(
+                        "gradient products {form} {dtype:?} [B {b}, NH {nh}, NC {nc}, L {len}, \
+                         D {d}, E {e}]"
                     );
-                    let bound = if is_half { 5e-3 } else { 1e-7 };
-                    check(
-                        &format!("sum rows {dtype:?} terms {terms:?} [{rows}, {d}]"),
-                        values(got),
-                        values(want),
-                        bound,
-                    );
+                    let bound = if is_half { 5e-3 } else { 1e-5 };
+                    check(&format!("{what} out"), got, want, bound);
+                    if let (Some(dots), Some(want_dots)) = (dots, want_dots) {
+                        check(&format!("{what} dot"), dots, want_dots, 1e-5);
+                    }
                 });
             }
         }

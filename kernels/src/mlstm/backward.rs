@@ -35,7 +35,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 
-use super::chunk_matmul::{scan_chunks, sums_type};
+use super::chunk_matmul::scan_chunks;
 use super::chunked::{batch_groups, chunks, reverse_cumsum, ChunkGates, Chunked};
 use super::gates::one_hot;
 use super::{ChunkStates, MlstmBackend};
@@ -154,14 +154,7 @@ fn group_backward<B: MlstmBackend>(
         .exp()
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
 
-    // w_s k_s / sqrt(DQK) (for dv's state term).
-    let w_keys = (w.clone() * scale).reshape([b, nh, nc, len]);
-    let (k_w, _) = B::mlstm_weighted_rows(
-        B::mlstm_rows(k.clone(), [b * nh * nc, len, dqk]),
-        w_keys.clone().reshape([b * nh * nc, len]),
-        None,
-    );
-    let k_w = k_w.reshape([b, nh, nc, len, dqk]);
+    let w_keys = (w.clone() * scale).reshape([b, nh, nc, len]); // w_s / sqrt(DQK)
     let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
 
     // States of the work type (`b_c` of the work type in `scan_chunks`), those the forward kept
@@ -175,7 +168,7 @@ fn group_backward<B: MlstmBackend>(
         B::mlstm_chunk_states(
             k.clone(),
             w_keys.clone(),
-            w_keys,
+            w_keys.clone(),
             v.clone(),
             decay.clone(),
             state.c.clone().cast(DType::F32),
@@ -246,37 +239,25 @@ fn group_backward<B: MlstmBackend>(
     );
     let ds = ds.reshape([b, nh, nc, len, len]);
     // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
-    // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows).
-    let by_token = |t: Tensor<B, 5>| {
-        let d = t.dims()[4];
-        B::mlstm_rows(t, [token_rows, d])
-    };
-    let by_token_row = |t: Tensor<B, 5>| t.reshape([token_rows]);
-    let by_chunk = |t: Tensor<B, 4>| {
-        let d = t.dims()[3];
-        t.reshape([b * nh * nc, d])
-    };
-    let (dq, dg) = B::mlstm_gradient_rows(
-        by_token(mm(ds.clone(), k.clone(), DType::F32)),
-        by_token(mm(
-            dnum_w.clone(),
-            c_start.clone().swap_dims(3, 4),
-            DType::F32,
-        )),
-        by_chunk(n_start.clone()),
-        by_token_row(dqn.clone()),
-        // (a + (g / scale) u) · scale: the key scale on the product only.
-        by_token_row(g.clone() / scale),
-        by_token(q.clone()),
+    // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key
+    // scale on the product only.
+    let by_chunk_token = |t: Tensor<B, 5>| t.reshape([b, nh, nc, len]);
+    let (dq, dg) = B::mlstm_gradient_products(
+        GradientProducts {
+            pairs: ds.clone(),
+            pairs_layout: Layout::AsStored,
+            x: k.clone(),
+            y: dnum_w.clone(),
+            z: c_start.clone(),
+            z_layout: Layout::Transposed,
+            alpha: by_chunk_token(g.clone() / scale),
+            row_term: Some((by_chunk_token(dqn.clone()), n_start.clone())),
+            dot_with: Some(q.clone()),
+        },
         scale,
-        len,
         x.q.dtype(),
     );
-    let dg = dg.reshape([b, nh, nc, len, 1]);
-    let dk = mm(ds.swap_dims(3, 4), q.clone(), DType::F32);
-    // dv's two terms in the forward's sums type (bf16 where the work is: each is rounded once,
-    // then the two are added in f32 and rounded again as dv).
-    let dv_out = mm(p_w.swap_dims(3, 4), dnum_w.clone(), sums_type(work));
+    let dg = dg.expect("asked for").reshape([b, nh, nc, len, 1]);
     let dlog_start =
         (dg * g.clone() + dstab_to_start.reshape([b, nh, nc, len, 1])).reshape([b, nh, nc, len]);
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
@@ -284,17 +265,16 @@ fn group_backward<B: MlstmBackend>(
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
     // chunk's outputs' term (g∘Q)ᵀ dnum), dn₀ = e^{F_L+m₀-m₁} dn₁ + Σ_t g_t dqn_t q_t; dC₁ and
     // dn₁ of every chunk are kept.
-    let by_chunk_token = |t: Tensor<B, 5>| t.reshape([b, nh, nc, len]);
     let ChunkStates {
         c_start: dc_end,
         c_end: dc0,
         n_start: dn_end,
         n_end: dn0,
     } = B::mlstm_chunk_states(
-        q,
+        q.clone(),
         by_chunk_token(g.clone()),
         by_chunk_token(g.clone() * dqn.clone()),
-        dnum_w,
+        dnum_w.clone(),
         decay.clone(),
         dstate.c.cast(DType::F32),
         dstate.n.cast(DType::F32),
@@ -347,19 +327,38 @@ fn group_backward<B: MlstmBackend>(
     // The chunks' own terms of their end states.
     // dk = (dP∘A)ᵀ Q + w (V dC₁ᵀ + dn₁) (then the key scale), and d log w_s = k_s·(the
     // state's term of dk_s).
-    let ones = Tensor::<B, 1>::ones([token_rows], &dev);
-    let (dk, k_dot) = B::mlstm_gradient_rows(
-        by_token(dk),
-        by_token(mm(v, dc_end.clone().swap_dims(3, 4), DType::F32)),
-        by_chunk(dn_end),
-        ones,
-        by_token_row(w.clone()),
-        by_token(k),
+    let (dk, k_dot) = B::mlstm_gradient_products(
+        GradientProducts {
+            pairs: ds,
+            pairs_layout: Layout::Transposed,
+            x: q,
+            y: v,
+            z: dc_end.clone(),
+            z_layout: Layout::Transposed,
+            alpha: by_chunk_token(w.clone()),
+            row_term: Some((Tensor::ones([b, nh, nc, len], &dev), dn_end)),
+            dot_with: Some(k.clone()),
+        },
         scale,
-        len,
         x.k.dtype(),
     );
-    let dv_state = mm(k_w, dc_end, sums_type(work));
+    let k_dot = k_dot.expect("asked for");
+    // dv = Pᵀ dnum + (w / sqrt(DQK)) K dC₁.
+    let (dv_all, _) = B::mlstm_gradient_products(
+        GradientProducts {
+            pairs: p_w,
+            pairs_layout: Layout::Transposed,
+            x: dnum_w,
+            y: k,
+            z: dc_end,
+            z_layout: Layout::AsStored,
+            alpha: w_keys,
+            row_term: None,
+            dot_with: None,
+        },
+        1.0,
+        x.v.dtype(),
+    );
 
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
     let (di, df) = B::mlstm_gate_input_grads(
@@ -385,14 +384,9 @@ fn group_backward<B: MlstmBackend>(
     };
     (
         MlstmInputs {
-            q: out4(dq.reshape([b, nh, nc, len, dqk]), dqk, &x.q),
-            k: out4(dk.reshape([b, nh, nc, len, dqk]), dqk, &x.k),
-            v: out4(
-                B::mlstm_sum_rows(by_token(dv_out), by_token(dv_state), x.v.dtype())
-                    .reshape([b, nh, nc, len, dv]),
-                dv,
-                &x.v,
-            ),
+            q: out4(dq, dqk, &x.q),
+            k: out4(dk, dqk, &x.k),
+            v: out4(dv_all, dv, &x.v),
             i_preact: di,
             f_preact: df,
         },
@@ -459,6 +453,111 @@ pub(crate) fn gate_input_grads<B: Backend>(
     (tokens(di).cast(i_dtype), df.cast(f_dtype))
 }
 
+/// How a stored matrix multiplies: as stored, or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    AsStored,
+    Transposed,
+}
+
+impl Layout {
+    fn apply<B: Backend>(self, t: Tensor<B, 5>) -> Tensor<B, 5> {
+        match self {
+            Self::AsStored => t,
+            Self::Transposed => t.swap_dims(3, 4),
+        }
+    }
+}
+
+/// The operands of [`MlstmBackend::mlstm_gradient_products`], per chunk:
+/// `out = scale (M X + α ∘ U)` with `U = Y Z + β zᵀ`, and `dot = W·U` per row.
+#[derive(Debug, Clone)]
+pub struct GradientProducts<B: Backend> {
+    /// The chunk's `[L, L]` matrix as stored `[B, NH, NC, L, L]` (`dS` or `P`, rows `t`), in
+    /// the work type.
+    pub pairs: Tensor<B, 5>,
+    /// Whether `M` is `pairs` or its transpose.
+    pub pairs_layout: Layout,
+    /// `X [B, NH, NC, L, D]`, in the work type.
+    pub x: Tensor<B, 5>,
+    /// `Y [B, NH, NC, L, E]`, in the work type.
+    pub y: Tensor<B, 5>,
+    /// `Z` as stored: `[B, NH, NC, E, D]`, or `[B, NH, NC, D, E]` where `z_layout` is
+    /// `Transposed`; in the work type.
+    pub z: Tensor<B, 5>,
+    /// Whether `Z` is `z` or its transpose.
+    pub z_layout: Layout,
+    /// `α [B, NH, NC, L]` f32.
+    pub alpha: Tensor<B, 4>,
+    /// `(β [B, NH, NC, L], z [B, NH, NC, D])` f32: the rank-one term of `U`, none if absent.
+    pub row_term: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// `W [B, NH, NC, L, D]` (any float type): the rows dotted with `U`, if wanted.
+    pub dot_with: Option<Tensor<B, 5>>,
+}
+
+/// What [`MlstmBackend::mlstm_gradient_products`] gives: the rows `[B, NH, NC, L, D]` and, where
+/// asked, their dots `[B, NH, NC, L]`.
+pub type GradientRows<B> = (Tensor<B, 5>, Option<Tensor<B, 4>>);
+
+/// The tensor-op form of [`MlstmBackend::mlstm_gradient_products`]: two products in f32, then
+/// the rows in one pass ([`MlstmBackend::mlstm_gradient_rows`]) where there is a row term and a
+/// dot, else in tensor ops.
+pub(crate) fn gradient_products<B: MlstmBackend>(
+    products: GradientProducts<B>,
+    scale: f64,
+    out: DType,
+) -> GradientRows<B> {
+    let GradientProducts {
+        pairs,
+        pairs_layout,
+        x,
+        y,
+        z,
+        z_layout,
+        alpha,
+        row_term,
+        dot_with,
+    } = products;
+    let [b, nh, nc, len, d] = x.dims();
+    let pair_term = B::mlstm_matmul(pairs_layout.apply(pairs), x, DType::F32);
+    let state_term = B::mlstm_matmul(y, z_layout.apply(z), DType::F32);
+    let rows = b * nh * nc * len;
+    match (row_term, dot_with) {
+        (Some((beta, z_row)), Some(w)) => {
+            let (result, dot) = B::mlstm_gradient_rows(
+                B::mlstm_rows(pair_term, [rows, d]),
+                B::mlstm_rows(state_term, [rows, d]),
+                z_row.reshape([b * nh * nc, d]),
+                beta.reshape([rows]),
+                alpha.reshape([rows]),
+                B::mlstm_rows(w, [rows, d]),
+                scale,
+                len,
+                out,
+            );
+            (
+                result.reshape([b, nh, nc, len, d]),
+                Some(dot.reshape([b, nh, nc, len])),
+            )
+        }
+        (row_term, dot_with) => {
+            let u = match row_term {
+                Some((beta, z_row)) => {
+                    state_term + beta.unsqueeze_dim::<5>(4) * z_row.unsqueeze_dim::<5>(3)
+                }
+                None => state_term,
+            };
+            let dot = dot_with.map(|w| {
+                (w.cast(DType::F32) * u.clone())
+                    .sum_dim(4)
+                    .reshape([b, nh, nc, len])
+            });
+            let result = (pair_term + u * alpha.unsqueeze_dim::<5>(4)) * scale;
+            (result.cast(out), dot)
+        }
+    }
+}
+
 /// The tensor-op form of [`MlstmBackend::mlstm_weighted_rows`].
 pub(crate) fn weighted_rows<B: Backend>(
     x: Tensor<B, 3>,
@@ -470,11 +569,6 @@ pub(crate) fn weighted_rows<B: Backend>(
     let x_w = (x.clone() * w.unsqueeze_dim(2)).cast(dtype);
     let sum = u.map(|u| (x * u.unsqueeze_dim(2)).sum_dim(1).squeeze_dim(1));
     (x_w, sum)
-}
-
-/// The tensor-op form of [`MlstmBackend::mlstm_sum_rows`].
-pub(crate) fn sum_rows<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, out: DType) -> Tensor<B, 2> {
-    (a.cast(DType::F32) + b.cast(DType::F32)).cast(out)
 }
 
 /// The backward's first step through the outputs, per row `t`

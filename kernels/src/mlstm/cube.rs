@@ -13,7 +13,7 @@ use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
-use super::backward::{GateGradTerms, OutputRowGrads};
+use super::backward::{GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads};
 use super::chunk_gates_kernel::{chunk_gates_kernel, GATE_MAX_LEN, GATE_UNITS};
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
@@ -22,13 +22,17 @@ use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
 use super::gate_input_grads_kernel::gate_input_grads_kernel;
 use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
+use super::gradient_mma_kernel::{
+    gradient_products_mma_kernel, gradient_shared_bytes, GRADIENT_MAX_LEN, GRADIENT_PLANES,
+    GRADIENT_TILE,
+};
 use super::mma_tiles::PLANE;
 use super::output_mma_kernel::{
     chunk_outputs_mma_kernel, output_shared_bytes, OUTPUT_MAX_LEN, OUTPUT_PLANES, OUTPUT_TILE,
 };
 use super::rows_kernel::{
-    backward_rows_kernel, gradient_rows_kernel, sum_rows_kernel, weighted_rows_kernel,
-    COLUMN_UNITS, ROWS_PER_CUBE, ROW_UNITS,
+    backward_rows_kernel, gradient_rows_kernel, weighted_rows_kernel, COLUMN_UNITS, ROWS_PER_CUBE,
+    ROW_UNITS,
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
 use super::state_mma_kernel::{chunk_states_mma_kernel, shared_bytes, STATE_PLANES, STATE_TILE};
@@ -568,6 +572,102 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         );
     }
     Some(wrap(h))
+}
+
+/// The gradient rows of [`MlstmBackend::mlstm_gradient_products`] in one kernel on the
+/// device's `mma` (`gradient_mma_kernel.rs`), where it takes them ([`mma_kernels_take`],
+/// [`mma_operands`]): chunks of at most [`GRADIENT_MAX_LEN`] tokens, every operand and the
+/// result of one half type, every cube within one grid axis. `None` otherwise (the caller runs
+/// the products).
+fn mma_gradient_products<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    products: &GradientProducts<Cube<R, F, I, BT>>,
+    scale: f64,
+    out: DType,
+) -> Option<GradientRows<Cube<R, F, I, BT>>> {
+    let GradientProducts {
+        pairs,
+        pairs_layout,
+        x,
+        y,
+        z,
+        z_layout,
+        alpha,
+        row_term,
+        dot_with,
+    } = products;
+    let dtype = x.dtype();
+    let [b, nh, nc, len, d] = x.dims();
+    let e = y.dims()[4];
+    let tiles = d.div_ceil(GRADIENT_TILE);
+    let cubes = b * nh * nc * tiles;
+    let transposed = *z_layout == Layout::Transposed;
+    let same_type = [pairs, y, z]
+        .into_iter()
+        .chain(dot_with)
+        .all(|t| t.dtype() == dtype);
+    if !same_type || out != dtype || b * nh * nc * len * d * e == 0 || len > GRADIENT_MAX_LEN {
+        return None;
+    }
+    let client = x.clone().into_primitive().tensor().client;
+    if !mma_kernels_take(
+        &client,
+        dtype,
+        gradient_shared_bytes(dtype.size(), transposed),
+    ) || cubes > client.properties().hardware.max_cube_count.0 as usize
+    {
+        return None;
+    }
+    let w = dot_with.as_ref().unwrap_or(x);
+    let ([pairs_p, x_p, y_p, z_p, w_p], width) =
+        mma_operands(&client, [pairs, x, y, z, w], &[len, d, e])?;
+    let chunks = b * nh * nc;
+    let rows = |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| {
+        prim(t.clone().cast(DType::F32).reshape([chunks, n]))
+    };
+    let alpha_p = rows(alpha, len);
+    let (beta_p, z_row_p) = match row_term {
+        Some((beta, z_row)) => (rows(beta, len), rows(z_row, d)),
+        None => (alpha_p.clone(), alpha_p.clone()),
+    };
+    let result = empty(&x_p, vec![b, nh, nc, len, d], dtype);
+    let dots_shape = match dot_with {
+        Some(_) => vec![tiles, chunks * len],
+        None => vec![1, 1],
+    };
+    let dots = empty(&x_p, dots_shape, DType::F32);
+    let elem: StorageType = dtype.into();
+    // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
+    // indices stay within the tiles it declares.
+    unsafe {
+        gradient_products_mma_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_2d(PLANE as u32, GRADIENT_PLANES as u32),
+            width,
+            pairs_p.into_tensor_arg(),
+            x_p.into_tensor_arg(),
+            y_p.into_tensor_arg(),
+            z_p.into_tensor_arg(),
+            alpha_p.into_tensor_arg(),
+            beta_p.into_tensor_arg(),
+            z_row_p.into_tensor_arg(),
+            w_p.into_tensor_arg(),
+            result.clone().into_tensor_arg(),
+            dots.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            *pairs_layout == Layout::Transposed,
+            transposed,
+            row_term.is_some(),
+            dot_with.is_some(),
+            elem,
+        );
+    }
+    let dots = dot_with.as_ref().map(|_| {
+        let dots: Tensor<Cube<R, F, I, BT>, 2> = wrap(dots);
+        dots.sum_dim(0).reshape([b, nh, nc, len])
+    });
+    Some((wrap(result), dots))
 }
 
 impl<R, F, I, BT> MlstmBackend for CubeBackend<R, F, I, BT>
@@ -1308,33 +1408,15 @@ where
         (wrap(x_w), with_sum.then(|| wrap(sum)))
     }
 
-    fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {
-        let [rows, d] = a.dims();
-        if !supported(out) || rows * d == 0 {
-            return super::backward::sum_rows(a, b, out);
+    fn mlstm_gradient_products(
+        products: GradientProducts<Self>,
+        scale: f64,
+        out: DType,
+    ) -> GradientRows<Self> {
+        match mma_gradient_products(&products, scale, out) {
+            Some(result) => result,
+            None => super::backward::gradient_products(products, scale, out),
         }
-        // The terms are read in their own float type where both share a supported one.
-        let terms = if a.dtype() == b.dtype() && supported(a.dtype()) {
-            a.dtype()
-        } else {
-            DType::F32
-        };
-        let (a, b) = (prim(a.cast(terms)), prim(b.cast(terms)));
-        let sum = empty(&a, vec![rows, d], out);
-        let client = a.client.clone();
-        let width = vector_width(&client, d, out, terms);
-        let dim = CubeDim::new_1d(256);
-        sum_rows_kernel::launch::<R>(
-            &client,
-            cubecl::calculate_cube_count_elemwise(&client, rows * d / width, dim),
-            dim,
-            width,
-            a.into_tensor_arg(),
-            b.into_tensor_arg(),
-            sum.clone().into_tensor_arg(),
-            [out.into(), terms.into()],
-        );
-        wrap(sum)
     }
 
     fn mlstm_chunk_dots(

@@ -148,6 +148,43 @@ pub(crate) fn mma_pair<F: Float, NA: Size>(
 
 /// Rows `0..rows` and entries `first..first + cols` of one `[rows, D]` operand (row `r` at
 /// `base + r · row_stride`) into `tile` from vector `at0` (rows of `pitch` entries), zero past
+/// `count` rows and `D` entries. Every one of the cube's `units` takes its share. Synchronous:
+/// the loads pass through registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage<F: Float, W: Size>(
+    src: &Tensor<Vector<F, W>>,
+    base: usize,
+    row_stride: usize,
+    count: usize,
+    first: usize,
+    depth: usize,
+    tile: &mut SharedMemory<Vector<F, W>>,
+    at0: usize,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+    #[comptime] pitch: usize,
+    #[comptime] units: usize,
+) {
+    let width = src.vector_size();
+    let per_row = comptime!(cols / width);
+    #[unroll]
+    for i in 0..comptime!((rows * per_row).div_ceil(units)) {
+        let e = UNIT_POS as usize + i * units;
+        if e < rows * per_row {
+            let r = e / per_row;
+            let off = (e % per_row) * width;
+            let mut x = Vector::<F, W>::new(F::new(0.0));
+            if r < count && first + off < depth {
+                x = src[(base + r * row_stride + first + off) / width];
+            }
+            tile[at0 + r * comptime!(pitch / width) + e % per_row] = x;
+        }
+    }
+}
+
+/// Rows `0..rows` and entries `first..first + cols` of one `[rows, D]` operand (row `r` at
+/// `base + r · row_stride`) into `tile` from vector `at0` (rows of `pitch` entries), zero past
 /// `count` rows and `D` entries, through `cp.async` (global to shared memory without
 /// registers; vectors of 16 bytes: the H200 raised a misaligned address on 4-byte copies).
 /// The copies are only issued here, every one of the cube's `units` taking its share; the

@@ -28,6 +28,8 @@ mod gate_input_grads_kernel;
 mod gate_kernel;
 mod gates;
 #[cfg(feature = "cube")]
+mod gradient_mma_kernel;
+#[cfg(feature = "cube")]
 mod mma_tiles;
 #[cfg(feature = "cube")]
 mod output_mma_kernel;
@@ -42,7 +44,7 @@ mod state_weights_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
-pub use backward::{GateGradTerms, OutputRowGrads};
+pub use backward::{GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads};
 pub use chunk_matmul::chunkwise_matmul;
 pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
@@ -187,6 +189,19 @@ pub trait MlstmBackend: Backend {
         backward::gradient_rows(a, b, c, s, t, x, scale, len, out)
     }
 
+    /// The backward's gradient rows of every chunk (`dq`, `dk`, `dv`; [`GradientProducts`]):
+    /// `out = scale (M X + α ∘ U)` `[B, NH, NC, L, D]` in `out`, with `U = Y Z + β zᵀ`, and
+    /// where `dot_with` is given `dot = W·U` per row `[B, NH, NC, L]` (f32). The default is two
+    /// [`Self::mlstm_matmul`] products and [`Self::mlstm_gradient_rows`]; the cube backends do
+    /// it in one kernel on the tensor cores where they can (`gradient_mma_kernel.rs`).
+    fn mlstm_gradient_products(
+        products: GradientProducts<Self>,
+        scale: f64,
+        out: DType,
+    ) -> GradientRows<Self> {
+        backward::gradient_products(products, scale, out)
+    }
+
     /// The gate matrix of every chunk and the parts of its normaliser (`gates.rs`): from
     /// `scores [G, L, L]` (`q_t·k_s`, f32), the chunk's `log_f, log_i [G, L]` (`log σ(f̃)` and
     /// `ĩ`, f32; padding tokens `0` and `M_EMPTY`), `log_start [G, L]` (`m₀ + F_t`, f32), the
@@ -253,13 +268,6 @@ pub trait MlstmBackend: Backend {
         u: Option<Tensor<Self, 2>>,
     ) -> (Tensor<Self, 3>, Option<Tensor<Self, 2>>) {
         backward::weighted_rows(x, w, u)
-    }
-
-    /// The backward's `dv`, the intra-chunk term plus the chunk-boundary states' term: `a + b`
-    /// (`[R, D]`, f32 or both bf16; added in f32) in `out`. The cube backends do it in one
-    /// pass.
-    fn mlstm_sum_rows(a: Tensor<Self, 2>, b: Tensor<Self, 2>, out: DType) -> Tensor<Self, 2> {
-        backward::sum_rows(a, b, out)
     }
 
     /// The linear recurrence over chunks: `x ← a_c x + b_c` from `x0 [G, E]`, over

@@ -21,8 +21,8 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::mma_tiles::{
-    load_x4, mma_pair, register_fragment_sizes, stage_async, store_x4, FragA, FragB, FragC, MMA_K,
-    MMA_M, MMA_N, PITCH, PLANE,
+    load_x4, mma_pair, register_fragment_sizes, stage, stage_async, store_x4, FragA, FragB, FragC,
+    MMA_K, MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Columns of `DV` per cube.
@@ -48,42 +48,6 @@ pub(crate) fn output_shared_bytes(elem_bytes: usize) -> usize {
     (2 * (2 * OUTPUT_MAX_LEN * SLICE_PITCH + SLICE * PITCH) + OUTPUT_MAX_LEN * PITCH) * elem_bytes
         + (3 * OUTPUT_MAX_LEN + 2 * SLICE) * 4
         + 2 * 8
-}
-
-/// Rows `0..rows` and entries `first..first + cols` of one `[rows, D]` operand (row `r` at
-/// `base + r · row_stride`) into `tile` from vector `at0` (rows of `pitch` entries), zero past
-/// `count` rows and `D` entries. Every unit of the cube takes its share. Synchronous: the loads
-/// pass through registers.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stage<F: Float, W: Size>(
-    src: &Tensor<Vector<F, W>>,
-    base: usize,
-    row_stride: usize,
-    count: usize,
-    first: usize,
-    depth: usize,
-    tile: &mut SharedMemory<Vector<F, W>>,
-    at0: usize,
-    #[comptime] rows: usize,
-    #[comptime] cols: usize,
-    #[comptime] pitch: usize,
-) {
-    let width = src.vector_size();
-    let per_row = comptime!(cols / width);
-    #[unroll]
-    for i in 0..comptime!((rows * per_row).div_ceil(UNITS)) {
-        let e = UNIT_POS as usize + i * UNITS;
-        if e < rows * per_row {
-            let r = e / per_row;
-            let off = (e % per_row) * width;
-            let mut x = Vector::<F, W>::new(F::new(0.0));
-            if r < count && first + off < depth {
-                x = src[(base + r * row_stride + first + off) / width];
-            }
-            tile[at0 + r * comptime!(pitch / width) + e % per_row] = x;
-        }
-    }
 }
 
 /// `h [B, NH, NC, L, DV]` of every chunk from its inputs and start state. Grid: one axis of
@@ -189,6 +153,7 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
         rows,
         OUTPUT_TILE,
         PITCH,
+        UNITS,
     );
     // Protects: the barriers are initialised before any unit commits copies to them.
     sync_cube();

@@ -3,10 +3,10 @@
 //! - `backward_rows_kernel`, the first step through the outputs: `den_t` from `qn_t` and
 //!   `stab_t`, `dnum_t = dh_t / den_t` (in the backward's work type), `dot_t = dh_t·h_t` and from
 //!   it `dqn_t` and the stabiliser's gradient (f32);
-//! - `gradient_rows_kernel`, the last step of `dq` and `dk`: the intra-chunk product plus the
+//! - `gradient_rows_kernel`, the last step of `dq` and `dk` where the gradient products do not
+//!   run as one kernel (`gradient_mma_kernel.rs`): the intra-chunk product plus the
 //!   chunk-boundary state's term, scaled and cast, and the term's inner product with `q` or `k`
 //!   (the gate gradients need it);
-//! - `sum_rows_kernel`, `dv`: the sum of its two f32 terms, cast once;
 //! - `weighted_rows_kernel`, the rows of every chunk times a weight per row (`w_s k_s` for the
 //!   chunk-boundary states, `g_t q_t`), with a weighted sum of the rows (`Σ_s w_s k_s` for `n`,
 //!   `Σ_t g_t dqn_t q_t` for `dn₀`).
@@ -140,22 +140,6 @@ pub(crate) fn gradient_rows_kernel<X: Float, O: Float, W: Size>(
     let total = sum_over_row(f32::cast_from(sum.vector_sum()));
     if lane == 0 && row < rows {
         dot[row] = total;
-    }
-}
-
-/// `out = a + b` (added in f32) in `out`'s float type, one unit per vector of `W` entries.
-/// Every tensor contiguous.
-#[cube(launch)]
-pub(crate) fn sum_rows_kernel<O: Float, N: Float, W: Size>(
-    a: &Tensor<Vector<N, W>>,       // [R, D]
-    b: &Tensor<Vector<N, W>>,       // [R, D]
-    out: &mut Tensor<Vector<O, W>>, // [R, D]
-    #[define(O, N)] _dtypes: [StorageType; 2],
-) {
-    let pos = ABSOLUTE_POS;
-    if pos < out.shape(0) * out.shape(1) / out.vector_size() {
-        let sum = Vector::<f32, W>::cast_from(a[pos]) + Vector::<f32, W>::cast_from(b[pos]);
-        out[pos] = Vector::cast_from(sum);
     }
 }
 
