@@ -155,7 +155,6 @@ fn group_backward<B: MlstmBackend>(
         .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
 
     let w_keys = (w.clone() * scale).reshape([b, nh, nc, len]); // w_s / sqrt(DQK)
-    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>, out: DType| B::mlstm_matmul(lhs, rhs, out);
 
     // States of the work type (`b_c` of the work type in `scan_chunks`), those the forward kept
     // or recomputed; `x0` and the last state are f32.
@@ -178,66 +177,37 @@ fn group_backward<B: MlstmBackend>(
     });
     let m_start = m_all.clone().narrow(2, 0, nc);
 
-    // The outputs of every chunk, as the forward computes them; [L, L] matrices and row
-    // quantities in f32, products of the work type.
-    let chunk_count = b * nh * nc;
-    let by_chunk_row = |t: Tensor<B, 4>| t.reshape([chunk_count, len]);
-    let by_matrix = |t: Tensor<B, 5>| t.reshape([chunk_count, len, len]);
-    let as_rows = |t: Tensor<B, 2>| t.reshape([b, nh, nc, len, 1]);
-    let from_rows = |t: Tensor<B, 5>| t.reshape([chunk_count, len]);
+    // The chunk's [L, L] step: the gate matrix as the forward formed it, back through the
+    // outputs (dnum = dh / den, dqn and the stabiliser's gradient from dot_t = dh_t·h_t with
+    // the forward's `h`, so neither `(D∘P) V` nor `Q C₀` is recomputed), dS and the sums of
+    // d log D.
     let log_start = m_start.clone().unsqueeze_dim::<4>(3) + f_cum; // m₀ + F_t
-    let scores = mm(q.clone(), k.clone().swap_dims(3, 4), DType::F32); // q_t·k_s
-    let gates = B::mlstm_gate_matrix(
-        by_matrix(scores.clone()),
-        by_chunk_row(log_f.clone()),
-        by_chunk_row(log_i.clone()),
-        by_chunk_row(log_start),
-        B::mlstm_rows(q.clone(), [chunk_count, len, dqk]),
-        n_start.clone().reshape([chunk_count, dqk]),
-        scale,
-        work,
-        false,
-    );
-    let p_w = gates.p.reshape([b, nh, nc, len, len]); // P in the work type
-    let g = as_rows(gates.gain); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-
-    // Back through the outputs: dnum = dh / den, dqn and the stabiliser's gradient from
-    // dot_t = dh_t·h_t with the forward's `h` (so neither `(D∘P) V` nor `Q C₀` is recomputed).
-    let token_rows = b * nh * nc * len;
-    let by_row = |t: Tensor<B, 4>| {
-        let dtype = t.dtype();
-        B::mlstm_rows(chunks(t, len, dtype), [token_rows, dv])
-    };
-    let per_token = |t: Tensor<B, 2>| t.reshape([token_rows]);
-    let OutputRowGrads {
+    let ScoreGrads {
+        p: p_w, // P in the work type
+        ds,
         dnum: dnum_w,
+        rows,
+        cols,
+        gain,
         dqn,
-        dstab_to_max,
         dstab_to_start,
-    } = B::mlstm_backward_rows(
-        by_row(dh),
-        by_row(h),
-        per_token(gates.qn),
-        per_token(gates.stab.clone()),
-        per_token(gates.row_max),
-        work,
-    );
-    let dnum_w = dnum_w.reshape([b, nh, nc, len, dv]);
-    let dqn = dqn.reshape([b, nh, nc, len, 1]);
-    // dS = dP∘A with dP = dnum Vᵀ + dqn 1ᵀ, and the row and column sums of
-    // d log D = dP∘P (+ dstab at each row's maximum where the row maximum is the stabiliser).
-    let (ds, rows, cols) = B::mlstm_gate_grads(
-        by_matrix(scores),
-        by_matrix(mm(dnum_w.clone(), v.clone().swap_dims(3, 4), DType::F32)),
-        by_chunk_row(log_f),
-        by_chunk_row(log_i),
-        gates.stab,
-        from_rows(dqn.clone()),
-        dstab_to_max.reshape([chunk_count, len]),
+    } = B::mlstm_score_grads(
+        ScoreGradInputs {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            h: chunks(h.clone(), len, h.dtype()),
+            dh: chunks(dh.clone(), len, dh.dtype()),
+            n_start: n_start.clone(),
+            log_f,
+            log_i,
+            log_start,
+        },
         scale,
         work,
     );
-    let ds = ds.reshape([b, nh, nc, len, len]);
+    let g = gain.unsqueeze_dim::<5>(4); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
+    let dqn = dqn.unsqueeze_dim::<5>(4);
     // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
     // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key
     // scale on the product only.
@@ -258,8 +228,7 @@ fn group_backward<B: MlstmBackend>(
         x.q.dtype(),
     );
     let dg = dg.expect("asked for").reshape([b, nh, nc, len, 1]);
-    let dlog_start =
-        (dg * g.clone() + dstab_to_start.reshape([b, nh, nc, len, 1])).reshape([b, nh, nc, len]);
+    let dlog_start = (dg * g.clone()).reshape([b, nh, nc, len]) + dstab_to_start;
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
 
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
@@ -363,8 +332,8 @@ fn group_backward<B: MlstmBackend>(
     // The gates: ĩ_s enters log D_{·s} and log w_s; log f_u every range sum that covers u.
     let (di, df) = B::mlstm_gate_input_grads(
         GateGradTerms {
-            rows: rows.reshape([b, nh, nc, len]),
-            cols: cols.reshape([b, nh, nc, len]),
+            rows,
+            cols,
             dlog_start,
             k_dot: k_dot.reshape([b, nh, nc, len]),
             w: w.reshape([b, nh, nc, len]),
@@ -451,6 +420,125 @@ pub(crate) fn gate_input_grads<B: Backend>(
     let f_dtype = f_preact.dtype();
     let df = tokens(dlog_f) * sigmoid(f_preact.cast(DType::F32).neg());
     (tokens(di).cast(i_dtype), df.cast(f_dtype))
+}
+
+/// The inputs of [`MlstmBackend::mlstm_score_grads`], per chunk.
+#[derive(Debug, Clone)]
+pub struct ScoreGradInputs<B: Backend> {
+    /// Queries and (unscaled) keys `[B, NH, NC, L, DQK]`, in the work type.
+    pub q: Tensor<B, 5>,
+    pub k: Tensor<B, 5>,
+    /// Values, the forward's outputs and their gradients `[B, NH, NC, L, DV]`.
+    pub v: Tensor<B, 5>,
+    pub h: Tensor<B, 5>,
+    pub dh: Tensor<B, 5>,
+    /// The chunk-start `n₀ [B, NH, NC, DQK]`, f32.
+    pub n_start: Tensor<B, 4>,
+    /// `log f`, `ĩ` and `m₀ + F_t` `[B, NH, NC, L]`, f32.
+    pub log_f: Tensor<B, 4>,
+    pub log_i: Tensor<B, 4>,
+    pub log_start: Tensor<B, 4>,
+}
+
+/// What [`MlstmBackend::mlstm_score_grads`] gives, per chunk.
+#[derive(Debug, Clone)]
+pub struct ScoreGrads<B: Backend> {
+    /// `P = (Q Kᵀ)/√DQK ∘ A` `[B, NH, NC, L, L]`, in the work type.
+    pub p: Tensor<B, 5>,
+    /// `dS = dP ∘ A` `[B, NH, NC, L, L]`, in the work type.
+    pub ds: Tensor<B, 5>,
+    /// `dnum = dh / den` `[B, NH, NC, L, DV]`, in the work type.
+    pub dnum: Tensor<B, 5>,
+    /// Row and column sums of `d log D` (with the stabiliser's term at each row's maximum)
+    /// `[B, NH, NC, L]`, f32.
+    pub rows: Tensor<B, 4>,
+    pub cols: Tensor<B, 4>,
+    /// The start state's factor `g_t = e^{m₀+F_t-stab_t}`, f32.
+    pub gain: Tensor<B, 4>,
+    /// `dqn_t`, the gradient of the normaliser's inner product, f32.
+    pub dqn: Tensor<B, 4>,
+    /// The stabiliser's gradient where `m₀ + F_t` is the stabiliser (else 0), f32.
+    pub dstab_to_start: Tensor<B, 4>,
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_score_grads`]: `Q Kᵀ`, the gate matrix, the rows
+/// through the outputs, `dnum Vᵀ` and the gate gradients, each a primitive of its own.
+pub(crate) fn score_grads<B: MlstmBackend>(
+    inputs: ScoreGradInputs<B>,
+    scale: f64,
+    work: DType,
+) -> ScoreGrads<B> {
+    let ScoreGradInputs {
+        q,
+        k,
+        v,
+        h,
+        dh,
+        n_start,
+        log_f,
+        log_i,
+        log_start,
+    } = inputs;
+    let [b, nh, nc, len, dqk] = q.dims();
+    let dv = v.dims()[4];
+    let chunk_count = b * nh * nc;
+    let token_rows = chunk_count * len;
+    let mm = |lhs: Tensor<B, 5>, rhs: Tensor<B, 5>| B::mlstm_matmul(lhs, rhs, DType::F32);
+    let by_chunk_row = |t: Tensor<B, 4>| t.reshape([chunk_count, len]);
+    let by_matrix = |t: Tensor<B, 5>| t.reshape([chunk_count, len, len]);
+    let by_row = |t: Tensor<B, 5>| B::mlstm_rows(t, [token_rows, dv]);
+    let as_chunks = |t: Tensor<B, 2>| t.reshape([b, nh, nc, len]);
+    let scores = mm(q.clone(), k.swap_dims(3, 4)); // q_t·k_s
+    let gates = B::mlstm_gate_matrix(
+        by_matrix(scores.clone()),
+        by_chunk_row(log_f.clone()),
+        by_chunk_row(log_i.clone()),
+        by_chunk_row(log_start),
+        B::mlstm_rows(q, [chunk_count, len, dqk]),
+        n_start.reshape([chunk_count, dqk]),
+        scale,
+        work,
+        false,
+    );
+    let per_token = |t: Tensor<B, 2>| t.reshape([token_rows]);
+    let OutputRowGrads {
+        dnum,
+        dqn,
+        dstab_to_max,
+        dstab_to_start,
+    } = B::mlstm_backward_rows(
+        by_row(dh),
+        by_row(h),
+        per_token(gates.qn),
+        per_token(gates.stab.clone()),
+        per_token(gates.row_max),
+        work,
+    );
+    let dnum = dnum.reshape([b, nh, nc, len, dv]);
+    let dqn = dqn.reshape([chunk_count, len]);
+    // dS = dP∘A with dP = dnum Vᵀ + dqn 1ᵀ, and the row and column sums of
+    // d log D = dP∘P (+ dstab at each row's maximum where the row maximum is the stabiliser).
+    let (ds, rows, cols) = B::mlstm_gate_grads(
+        by_matrix(scores),
+        by_matrix(mm(dnum.clone(), v.swap_dims(3, 4))),
+        by_chunk_row(log_f),
+        by_chunk_row(log_i),
+        gates.stab,
+        dqn.clone(),
+        dstab_to_max.reshape([chunk_count, len]),
+        scale,
+        work,
+    );
+    ScoreGrads {
+        p: gates.p.reshape([b, nh, nc, len, len]),
+        ds: ds.reshape([b, nh, nc, len, len]),
+        dnum,
+        rows: as_chunks(rows),
+        cols: as_chunks(cols),
+        gain: as_chunks(gates.gain),
+        dqn: as_chunks(dqn),
+        dstab_to_start: as_chunks(dstab_to_start.reshape([chunk_count, len])),
+    }
 }
 
 /// How a stored matrix multiplies: as stored, or transposed.

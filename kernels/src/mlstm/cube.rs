@@ -13,7 +13,10 @@ use cubecl::zspace::metadata::Metadata;
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 
-use super::backward::{GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads};
+use super::backward::{
+    GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads, ScoreGradInputs,
+    ScoreGrads,
+};
 use super::chunk_gates_kernel::{chunk_gates_kernel, GATE_MAX_LEN, GATE_UNITS};
 use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel, SUB, UNITS};
 use super::combine_kernel::chunk_combine_kernel;
@@ -35,6 +38,9 @@ use super::rows_kernel::{
     ROW_UNITS,
 };
 use super::scan_kernel::{chunk_scan_kernel, stabiliser_scan_kernel};
+use super::score_grads_mma_kernel::{
+    score_grads_mma_kernel, score_shared_bytes, SCORE_MAX_LEN, SCORE_PLANES,
+};
 use super::state_mma_kernel::{chunk_states_mma_kernel, shared_bytes, STATE_PLANES, STATE_TILE};
 use super::state_weights_kernel::state_weights_kernel;
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
@@ -572,6 +578,103 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         );
     }
     Some(wrap(h))
+}
+
+/// The `[L, L]` step of [`MlstmBackend::mlstm_score_grads`] in one kernel on the device's `mma`
+/// (`score_grads_mma_kernel.rs`), where it takes them ([`mma_kernels_take`], [`mma_operands`]):
+/// chunks of at most [`SCORE_MAX_LEN`] tokens, `q, k, v, h, dh` of the work type, every chunk
+/// within one grid axis. `None` otherwise (the caller runs the products and the row passes).
+fn mma_score_grads<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    inputs: &ScoreGradInputs<Cube<R, F, I, BT>>,
+    scale: f64,
+    work: DType,
+) -> Option<ScoreGrads<Cube<R, F, I, BT>>> {
+    let ScoreGradInputs {
+        q,
+        k,
+        v,
+        h,
+        dh,
+        n_start,
+        log_f,
+        log_i,
+        log_start,
+    } = inputs;
+    let [b, nh, nc, len, dqk] = q.dims();
+    let dv = v.dims()[4];
+    let chunks = b * nh * nc;
+    if [q, k, v, h, dh].iter().any(|t| t.dtype() != work)
+        || chunks * len * dqk * dv == 0
+        || len > SCORE_MAX_LEN
+    {
+        return None;
+    }
+    let client = q.clone().into_primitive().tensor().client;
+    if !mma_kernels_take(&client, work, score_shared_bytes(work.size()))
+        || chunks > client.properties().hardware.max_cube_count.0 as usize
+    {
+        return None;
+    }
+    let ([q_p, k_p, v_p, h_p, dh_p], width) =
+        mma_operands(&client, [q, k, v, h, dh], &[dqk, dv, len])?;
+    let by_chunk = |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| {
+        prim(t.clone().cast(DType::F32).reshape([chunks, n]))
+    };
+    let p = empty(&q_p, vec![chunks, len, len], work);
+    let ds = empty(&q_p, vec![chunks, len, len], work);
+    let dnum = empty(&q_p, vec![b, nh, nc, len, dv], work);
+    let [rows, cols, gain, dqn, dstab_start] =
+        std::array::from_fn(|_| empty(&q_p, vec![chunks, len], DType::F32));
+    let elem: StorageType = work.into();
+    // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
+    // indices stay within the tiles it declares.
+    unsafe {
+        score_grads_mma_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(chunks as u32, 1, 1),
+            CubeDim::new_2d(PLANE as u32, SCORE_PLANES as u32),
+            width,
+            q_p.into_tensor_arg(),
+            k_p.into_tensor_arg(),
+            v_p.into_tensor_arg(),
+            h_p.into_tensor_arg(),
+            dh_p.into_tensor_arg(),
+            by_chunk(n_start, dqk).into_tensor_arg(),
+            by_chunk(log_f, len).into_tensor_arg(),
+            by_chunk(log_i, len).into_tensor_arg(),
+            by_chunk(log_start, len).into_tensor_arg(),
+            p.clone().into_tensor_arg(),
+            ds.clone().into_tensor_arg(),
+            dnum.clone().into_tensor_arg(),
+            rows.clone().into_tensor_arg(),
+            cols.clone().into_tensor_arg(),
+            gain.clone().into_tensor_arg(),
+            dqn.clone().into_tensor_arg(),
+            dstab_start.clone().into_tensor_arg(),
+            scale as f32,
+            EPS as f32,
+            len,
+            elem,
+        );
+    }
+    let matrix = |t: CubeTensor<R>| {
+        let t: Tensor<Cube<R, F, I, BT>, 3> = wrap(t);
+        t.reshape([b, nh, nc, len, len])
+    };
+    let per_chunk = |t: CubeTensor<R>| {
+        let t: Tensor<Cube<R, F, I, BT>, 2> = wrap(t);
+        t.reshape([b, nh, nc, len])
+    };
+    Some(ScoreGrads {
+        p: matrix(p),
+        ds: matrix(ds),
+        dnum: wrap(dnum),
+        rows: per_chunk(rows),
+        cols: per_chunk(cols),
+        gain: per_chunk(gain),
+        dqn: per_chunk(dqn),
+        dstab_to_start: per_chunk(dstab_start),
+    })
 }
 
 /// The gradient rows of [`MlstmBackend::mlstm_gradient_products`] in one kernel on the
@@ -1406,6 +1509,17 @@ where
             dtype.into(),
         );
         (wrap(x_w), with_sum.then(|| wrap(sum)))
+    }
+
+    fn mlstm_score_grads(
+        inputs: ScoreGradInputs<Self>,
+        scale: f64,
+        work: DType,
+    ) -> ScoreGrads<Self> {
+        match mma_score_grads(&inputs, scale, work) {
+            Some(grads) => grads,
+            None => super::backward::score_grads(inputs, scale, work),
+        }
     }
 
     fn mlstm_gradient_products(

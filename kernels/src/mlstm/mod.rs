@@ -38,13 +38,18 @@ mod rows_kernel;
 #[cfg(feature = "cube")]
 mod scan_kernel;
 #[cfg(feature = "cube")]
+mod score_grads_mma_kernel;
+#[cfg(feature = "cube")]
 mod state_mma_kernel;
 #[cfg(feature = "cube")]
 mod state_weights_kernel;
 #[cfg(feature = "cube")]
 mod step_kernel;
 
-pub use backward::{GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads};
+pub use backward::{
+    GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads, ScoreGradInputs,
+    ScoreGrads,
+};
 pub use chunk_matmul::chunkwise_matmul;
 pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
@@ -187,6 +192,21 @@ pub trait MlstmBackend: Backend {
         out: DType,
     ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
         backward::gradient_rows(a, b, c, s, t, x, scale, len, out)
+    }
+
+    /// The backward's `[L, L]` step of every chunk ([`ScoreGradInputs`], [`ScoreGrads`]): the
+    /// gate matrix as the forward formed it, back through the outputs (`dnum = dh / den`,
+    /// `dqn`, the stabiliser's gradient), `dS = dP ∘ A` with `dP = dnum Vᵀ + dqn 1ᵀ` and the row
+    /// and column sums of `d log D`. The default is `Q Kᵀ`, [`Self::mlstm_gate_matrix`],
+    /// [`Self::mlstm_backward_rows`], `dnum Vᵀ` and [`Self::mlstm_gate_grads`]; the cube
+    /// backends do it in one kernel on the tensor cores where they can
+    /// (`score_grads_mma_kernel.rs`).
+    fn mlstm_score_grads(
+        inputs: ScoreGradInputs<Self>,
+        scale: f64,
+        work: DType,
+    ) -> ScoreGrads<Self> {
+        backward::score_grads(inputs, scale, work)
     }
 
     /// The backward's gradient rows of every chunk (`dq`, `dk`, `dv`; [`GradientProducts`]):
