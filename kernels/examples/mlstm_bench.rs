@@ -12,7 +12,9 @@
 //! with; every chunk size computes the same function). The library's own switches apply too:
 //! `XLSTM_MLSTM_FUSED_STATES=0` times without the fused state kernel (`state_mma_kernel.rs`),
 //! `XLSTM_MLSTM_FUSED_OUTPUTS=0` without the fused output kernel (`output_mma_kernel.rs`), `=1`
-//! with it at every `DV` (by default up to 256).
+//! with it at every `DV` (by default up to 256). `MLSTM_BENCH_BACK_TO_BACK=1` adds, per bf16
+//! forward row, the mean of ten forwards between two syncs: where it is well under the row's
+//! own time, the per-call time is the host's (launches and the sync), not the device's.
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -42,6 +44,11 @@ fn time<B: Backend>(dev: &B::Device, reps: usize, inner: usize, mut f: impl FnMu
         .collect();
     ms.sort_by(f64::total_cmp);
     ms[ms.len() / 2]
+}
+
+/// Whether `MLSTM_BENCH_BACK_TO_BACK=1` asks for the forwards timed ten per sync.
+fn back_to_back() -> bool {
+    std::env::var("MLSTM_BENCH_BACK_TO_BACK").is_ok_and(|v| v == "1")
 }
 
 fn inputs<B: Backend>(dims: [usize; 5], dtype: DType, dev: &B::Device) -> MlstmInputs<B> {
@@ -132,6 +139,22 @@ fn run<B: MlstmBackend>(
                     ms: fw,
                     peer,
                 });
+                if back_to_back() && fw_dtype == dtype {
+                    let mean = guarded(|| {
+                        time::<B>(dev, 5, 10, || {
+                            let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+                        })
+                    });
+                    println!(
+                        "{backend} fw {name} {fw_name} chunk {chunk}, 10 per sync: {mean:?} ms"
+                    );
+                    rows.push(Row {
+                        backend,
+                        what: format!("fw {name} {fw_name} chunk {chunk}, 10 per sync"),
+                        ms: mean,
+                        peer: "",
+                    });
+                }
             }
 
             let xa = inputs::<B>(*dims, dtype, dev);
