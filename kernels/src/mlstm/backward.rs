@@ -134,13 +134,14 @@ fn group_backward<B: MlstmBackend>(
         f_cum,  // F_t
         log_w,  // ĩ_s + Σ_{u>s} log f_u: the chunk-boundary states' weights
         f_last, // F_L, [B, NH, NC]
-        ..
+        m_loc,  // max_s log w_s, [B, NH, NC]
     } = gates;
 
     // (The states themselves are the forward's where it kept them, else recomputed.)
-    let (m_loc, w_arg) = log_w.clone().max_dim_with_indices(3); // [B, NH, NC, 1]
-    let m_loc = m_loc.reshape([b, nh, nc]);
-    // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
+    // The token of each chunk's max_s log w_s, where that maximum sends its gradient (burn's
+    // argmax, as `max_dim_with_indices` takes it).
+    let w_arg = log_w.clone().argmax(3); // [B, NH, NC, 1]
+                                         // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
     let (m_all, decay, _) = B::mlstm_stabiliser_scan(
         f_last.clone().reshape([b * nh, nc]),
         m_loc.clone().reshape([b * nh, nc]),
@@ -150,11 +151,8 @@ fn group_backward<B: MlstmBackend>(
     let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
 
     // w_s = e^{ĩ_s + F_L - F_s - m₁}, the weight of token s in its chunk's end state.
-    let w = (log_w.clone() - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3))
-        .exp()
-        .unsqueeze_dim::<5>(4); // [B, NH, NC, L, 1]
-
-    let w_keys = (w.clone() * scale).reshape([b, nh, nc, len]); // w_s / sqrt(DQK)
+    let w = (log_w - m_all.clone().narrow(2, 1, nc).unsqueeze_dim::<4>(3)).exp(); // [B, NH, NC, L]
+    let w_keys = w.clone() * scale; // w_s / sqrt(DQK)
 
     // States of the work type (`b_c` of the work type in `scan_chunks`), those the forward kept
     // or recomputed; `x0` and the last state are f32.
@@ -206,12 +204,10 @@ fn group_backward<B: MlstmBackend>(
         scale,
         work,
     );
-    let g = gain.unsqueeze_dim::<5>(4); // e^{m₀+F_t-stab_t}, [B, NH, NC, L, 1]
-    let dqn = dqn.unsqueeze_dim::<5>(4);
-    // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
-    // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key
-    // scale on the product only.
-    let by_chunk_token = |t: Tensor<B, 5>| t.reshape([b, nh, nc, len]);
+    let g = gain; // e^{m₀+F_t-stab_t}, [B, NH, NC, L]
+                  // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
+                  // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key
+                  // scale on the product only.
     let (dq, dg) = B::mlstm_gradient_products(
         GradientProducts {
             pairs: ds.clone(),
@@ -220,15 +216,14 @@ fn group_backward<B: MlstmBackend>(
             y: dnum_w.clone(),
             z: c_start.clone(),
             z_layout: Layout::Transposed,
-            alpha: by_chunk_token(g.clone() / scale),
-            row_term: Some((by_chunk_token(dqn.clone()), n_start.clone())),
+            alpha: g.clone() / scale,
+            row_term: Some((dqn.clone(), n_start.clone())),
             dot_with: Some(q.clone()),
         },
         scale,
         x.q.dtype(),
     );
-    let dg = dg.expect("asked for").reshape([b, nh, nc, len, 1]);
-    let dlog_start = (dg * g.clone()).reshape([b, nh, nc, len]) + dstab_to_start;
+    let dlog_start = dg.expect("asked for") * g.clone() + dstab_to_start;
     let dm_intra = dlog_start.clone().sum_dim(3).reshape([b, nh, nc]);
 
     // Back through the chunk-boundary states, last chunk first: dC₀ = e^{F_L+m₀-m₁} dC₁ + (the
@@ -241,8 +236,8 @@ fn group_backward<B: MlstmBackend>(
         n_end: dn0,
     } = B::mlstm_chunk_states(
         q.clone(),
-        by_chunk_token(g.clone()),
-        by_chunk_token(g.clone() * dqn.clone()),
+        g.clone(),
+        g * dqn,
         dnum_w.clone(),
         decay.clone(),
         dstate.c.cast(DType::F32),
@@ -304,7 +299,7 @@ fn group_backward<B: MlstmBackend>(
             y: v,
             z: dc_end.clone(),
             z_layout: Layout::Transposed,
-            alpha: by_chunk_token(w.clone()),
+            alpha: w.clone(),
             row_term: Some((Tensor::ones([b, nh, nc, len], &dev), dn_end)),
             dot_with: Some(k.clone()),
         },
@@ -335,8 +330,8 @@ fn group_backward<B: MlstmBackend>(
             rows,
             cols,
             dlog_start,
-            k_dot: k_dot.reshape([b, nh, nc, len]),
-            w: w.reshape([b, nh, nc, len]),
+            k_dot,
+            w,
             w_arg: w_arg.reshape([b, nh, nc]),
             d_loc,
             d_dec,
@@ -537,7 +532,7 @@ pub(crate) fn score_grads<B: MlstmBackend>(
         cols: as_chunks(cols),
         gain: as_chunks(gates.gain),
         dqn: as_chunks(dqn),
-        dstab_to_start: as_chunks(dstab_to_start.reshape([chunk_count, len])),
+        dstab_to_start: dstab_to_start.reshape([b, nh, nc, len]),
     }
 }
 
