@@ -120,6 +120,13 @@ fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D
     into_contiguous(t.into_primitive().tensor())
 }
 
+/// [`prim`] of `t` in f32: the kernels' gates, weights and row quantities.
+fn f32_prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: Tensor<Cube<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    prim(t.cast(DType::F32))
+}
+
 /// `t` as the row kernels read it: row-major, its rows possibly padded (burn's default layout
 /// pads rows, e.g. 192 bf16 entries to 256), taken as it is where the runtime reads it so;
 /// anything else is copied. (Copying such padded inputs to a contiguous layout cost 4.3 of the
@@ -358,14 +365,16 @@ const FUSED_OUTPUTS_MAX_DV: usize = 256;
 /// Largest shared memory a kernel may declare statically (CUDA's limit without opt-in).
 const STATIC_SHARED_BYTES: usize = 48 << 10;
 
-/// Whether the device runs the `mma` kernels (`state_mma_kernel.rs`, `output_mma_kernel.rs`) on
-/// operands of `dtype` with `shared` bytes of shared memory per cube: half-type operands that
-/// the runtime multiplies with `mma` m16n8k16 into f32 and moves with `ldmatrix`/`stmatrix`
-/// (CUDA from sm_90), planes of 32 units.
+/// Whether the device runs an `mma` kernel (`state_mma_kernel.rs`, `output_mma_kernel.rs`,
+/// `score_grads_mma_kernel.rs`, `gradient_mma_kernel.rs`) on operands of `dtype` with `shared`
+/// bytes of shared memory per cube and a grid of `[x, y]` cubes: half-type operands that the
+/// runtime multiplies with `mma` m16n8k16 into f32 and moves with `ldmatrix`/`stmatrix` (CUDA
+/// from sm_90), planes of 32 units, and a grid within the device's cube counts.
 fn mma_kernels_take<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     shared: usize,
+    [x, y]: [usize; 2],
 ) -> bool {
     if !matches!(dtype, DType::BF16 | DType::F16) {
         return false;
@@ -390,6 +399,8 @@ fn mma_kernels_take<R: CubeRuntime>(
                 .hardware
                 .max_shared_memory_size
                 .min(STATIC_SHARED_BYTES)
+        && x <= props.hardware.max_cube_count.0 as usize
+        && y <= props.hardware.max_cube_count.1 as usize
 }
 
 /// The launch of the kernels with a row of units per chunk of `len` tokens
@@ -455,20 +466,22 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let dtype = k.dtype();
     let [b, nh, nc, len, dqk] = k.dims();
     let dv = v.dims()[4];
-    if fused_states() == Switch::Off
-        || v.dtype() != dtype
-        || b * nh * nc * len * dqk * dv == 0
-        || b * nh > usize::from(u16::MAX)
-    {
+    if fused_states() == Switch::Off || v.dtype() != dtype || b * nh * nc * len * dqk * dv == 0 {
         return None;
     }
+    let tiles = dqk.div_ceil(STATE_TILE) * dv.div_ceil(STATE_TILE);
     let client = k.clone().into_primitive().tensor().client;
-    if !mma_kernels_take(&client, dtype, shared_bytes(len, dtype.size())) {
+    if !mma_kernels_take(
+        &client,
+        dtype,
+        shared_bytes(len, dtype.size()),
+        [tiles, b * nh],
+    ) {
         return None;
     }
     let ([k_p, v_p], width) = mma_operands(&client, [k, v], &[dqk, dv])?;
     let elem: StorageType = dtype.into();
-    let [w_c, w_n] = [w_c, w_n].map(|t| prim(t.clone().cast(DType::F32)));
+    let [w_c, w_n] = [w_c, w_n].map(|t| f32_prim(t.clone()));
     let decay = prim(decay.clone());
     let c0 = prim(c0.clone());
     let n0 = prim(n0.clone());
@@ -476,7 +489,6 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let c_end = empty(&k_p, vec![b, nh, dqk, dv], DType::F32);
     let n_start = empty(&k_p, vec![b, nh, nc, dqk], DType::F32);
     let n_end = empty(&k_p, vec![b, nh, dqk], DType::F32);
-    let tiles = dqk.div_ceil(STATE_TILE) * dv.div_ceil(STATE_TILE);
     // SAFETY: the kernel guards its global accesses by the tensors' shapes; its shared-memory
     // indices stay within the tiles it declares.
     unsafe {
@@ -544,9 +556,12 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
         return None;
     }
     let client = q.clone().into_primitive().tensor().client;
-    if !mma_kernels_take(&client, dtype, output_shared_bytes(dtype.size()))
-        || cubes > client.properties().hardware.max_cube_count.0 as usize
-    {
+    if !mma_kernels_take(
+        &client,
+        dtype,
+        output_shared_bytes(dtype.size()),
+        [cubes, 1],
+    ) {
         return None;
     }
     let ([q_p, k_p, v_p], width) = mma_operands(&client, [q, k, v], &[dqk, dv])?;
@@ -566,7 +581,7 @@ fn mma_chunk_outputs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
             k_p.into_tensor_arg(),
             v_p.into_tensor_arg(),
             prim(c_start.clone()).into_tensor_arg(),
-            prim(n_start.clone().cast(DType::F32).reshape([chunks, dqk])).into_tensor_arg(),
+            f32_prim(n_start.clone().reshape([chunks, dqk])).into_tensor_arg(),
             by_chunk(log_f).into_tensor_arg(),
             by_chunk(log_i).into_tensor_arg(),
             by_chunk(log_start).into_tensor_arg(),
@@ -610,16 +625,13 @@ fn mma_score_grads<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEleme
         return None;
     }
     let client = q.clone().into_primitive().tensor().client;
-    if !mma_kernels_take(&client, work, score_shared_bytes(work.size()))
-        || chunks > client.properties().hardware.max_cube_count.0 as usize
-    {
+    if !mma_kernels_take(&client, work, score_shared_bytes(work.size()), [chunks, 1]) {
         return None;
     }
     let ([q_p, k_p, v_p, h_p, dh_p], width) =
         mma_operands(&client, [q, k, v, h, dh], &[dqk, dv, len])?;
-    let by_chunk = |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| {
-        prim(t.clone().cast(DType::F32).reshape([chunks, n]))
-    };
+    let by_chunk =
+        |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| f32_prim(t.clone().reshape([chunks, n]));
     let p = empty(&q_p, vec![chunks, len, len], work);
     let ds = empty(&q_p, vec![chunks, len, len], work);
     let dnum = empty(&q_p, vec![b, nh, nc, len, dv], work);
@@ -712,21 +724,16 @@ fn mma_gradient_products<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
         return None;
     }
     let client = x.clone().into_primitive().tensor().client;
-    if !mma_kernels_take(
-        &client,
-        dtype,
-        gradient_shared_bytes(dtype.size(), transposed),
-    ) || cubes > client.properties().hardware.max_cube_count.0 as usize
-    {
+    let shared = gradient_shared_bytes(dtype.size(), transposed);
+    if !mma_kernels_take(&client, dtype, shared, [cubes, 1]) {
         return None;
     }
     let w = dot_with.as_ref().unwrap_or(x);
     let ([pairs_p, x_p, y_p, z_p, w_p], width) =
         mma_operands(&client, [pairs, x, y, z, w], &[len, d, e])?;
     let chunks = b * nh * nc;
-    let rows = |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| {
-        prim(t.clone().cast(DType::F32).reshape([chunks, n]))
-    };
+    let rows =
+        |t: &Tensor<Cube<R, F, I, BT>, 4>, n: usize| f32_prim(t.clone().reshape([chunks, n]));
     let alpha_p = rows(alpha, len);
     let (beta_p, z_row_p) = match row_term {
         Some((beta, z_row)) => (rows(beta, len), rows(z_row, d)),
@@ -1027,9 +1034,9 @@ where
         if !supported(dtype) || g * e == 0 || nc == 0 {
             return super::backward::chunk_scan(a, b, x0, reverse);
         }
-        let a = prim(a.cast(DType::F32));
+        let a = f32_prim(a);
         let b = prim(b);
-        let x0 = prim(x0.cast(DType::F32));
+        let x0 = f32_prim(x0);
         let out = empty(&b, vec![g, nc, e], dtype);
         let last = empty(&b, vec![g, e], DType::F32);
         let client = b.client.clone();
@@ -1113,9 +1120,9 @@ where
             return super::chunk_matmul::state_weights(log_w, m_loc, gain, scale);
         }
         let g = b * nh * nc;
-        let log_w = prim(log_w.cast(DType::F32).reshape([g, len]));
-        let m_loc = prim(m_loc.cast(DType::F32).reshape([g]));
-        let gain = prim(gain.cast(DType::F32).reshape([g]));
+        let log_w = f32_prim(log_w.reshape([g, len]));
+        let m_loc = f32_prim(m_loc.reshape([g]));
+        let gain = f32_prim(gain.reshape([g]));
         let w = empty(&log_w, vec![g, len], DType::F32);
         let client = log_w.client.clone();
         let dim = CubeDim::new_1d(256);
@@ -1141,9 +1148,9 @@ where
         if g == 0 || nc == 0 {
             return super::backward::stabiliser_scan(f_last, m_loc, m0);
         }
-        let f_last = prim(f_last.cast(DType::F32));
-        let m_loc = prim(m_loc.cast(DType::F32));
-        let m0 = prim(m0.cast(DType::F32));
+        let f_last = f32_prim(f_last);
+        let m_loc = f32_prim(m_loc);
+        let m0 = f32_prim(m0);
         let m_all = empty(&f_last, vec![g, nc + 1], DType::F32);
         let decay = empty(&f_last, vec![g, nc], DType::F32);
         let gain = empty(&f_last, vec![g, nc], DType::F32);
@@ -1183,7 +1190,6 @@ where
         } else {
             DType::F32
         };
-        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
         let num = prim(num.cast(sums));
         let h = empty(&num, vec![rows, dv], dtype);
         let client = num.client.clone();
@@ -1196,9 +1202,9 @@ where
             width,
             num.into_tensor_arg(),
             prim(qc.cast(sums)).into_tensor_arg(),
-            f32_row(g).into_tensor_arg(),
-            f32_row(qn).into_tensor_arg(),
-            f32_row(stab).into_tensor_arg(),
+            f32_prim(g).into_tensor_arg(),
+            f32_prim(qn).into_tensor_arg(),
+            f32_prim(stab).into_tensor_arg(),
             h.clone().into_tensor_arg(),
             EPS as f32,
             num_rows == 2 * len,
@@ -1220,8 +1226,8 @@ where
             return super::backward::gate_input_grads(terms, scale, f_preact, i_dtype);
         }
         let g = b * nh * nc;
-        let by_chunk_token = |t: Tensor<Self, 4>| prim(t.cast(DType::F32).reshape([g, len]));
-        let by_chunk = |t: Tensor<Self, 3>| prim(t.cast(DType::F32).reshape([g]));
+        let by_chunk_token = |t: Tensor<Self, 4>| f32_prim(t.reshape([g, len]));
+        let by_chunk = |t: Tensor<Self, 3>| f32_prim(t.reshape([g]));
         let GateGradTerms {
             rows,
             cols,
@@ -1275,7 +1281,6 @@ where
             return super::backward::backward_rows(dh, h, qn, stab, row_max, work);
         }
         let h = if h.dtype() == dtype { h } else { h.cast(dtype) };
-        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
         let (dh, h) = (rows_prim(dh), rows_prim(h));
         let dnum = empty(&dh, vec![rows, dv], work);
         let row = || empty(&dh, vec![rows], DType::F32);
@@ -1291,9 +1296,9 @@ where
             width,
             dh.into_tensor_arg(),
             h.into_tensor_arg(),
-            f32_row(qn).into_tensor_arg(),
-            f32_row(stab).into_tensor_arg(),
-            f32_row(row_max).into_tensor_arg(),
+            f32_prim(qn).into_tensor_arg(),
+            f32_prim(stab).into_tensor_arg(),
+            f32_prim(row_max).into_tensor_arg(),
             dnum.clone().into_tensor_arg(),
             dqn.clone().into_tensor_arg(),
             dstab_to_max.clone().into_tensor_arg(),
@@ -1325,9 +1330,7 @@ where
         if !supported(dtype) || !supported(out) || rows * d == 0 {
             return super::backward::gradient_rows(a, b, c, s, t, x, scale, len, out);
         }
-        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
-        let f32_row = |t: Tensor<Self, 1>| prim(t.cast(DType::F32));
-        let (a, b, c) = (f32(a), f32(b), f32(c));
+        let (a, b, c) = (f32_prim(a), f32_prim(b), f32_prim(c));
         let x = rows_prim(x);
         let result = empty(&a, vec![rows, d], out);
         let dot = empty(&a, vec![rows], DType::F32);
@@ -1342,8 +1345,8 @@ where
             a.into_tensor_arg(),
             b.into_tensor_arg(),
             c.into_tensor_arg(),
-            f32_row(s).into_tensor_arg(),
-            f32_row(t).into_tensor_arg(),
+            f32_prim(s).into_tensor_arg(),
+            f32_prim(t).into_tensor_arg(),
             x.into_tensor_arg(),
             result.clone().into_tensor_arg(),
             dot.clone().into_tensor_arg(),
@@ -1374,8 +1377,7 @@ where
         }
         let q_dtype = q.dtype();
         let dqk = q.dims()[2];
-        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
-        let scores = prim(scores.cast(DType::F32));
+        let scores = f32_prim(scores);
         let q = rows_prim(q);
         let width = vector_width(&client, gcd(dqk, row_stride(&q)), q_dtype, DType::F32);
         let rows = if split { 2 * len } else { len };
@@ -1389,11 +1391,11 @@ where
             dim,
             width,
             scores.into_tensor_arg(),
-            f32(log_f).into_tensor_arg(),
-            f32(log_i).into_tensor_arg(),
-            f32(log_start).into_tensor_arg(),
+            f32_prim(log_f).into_tensor_arg(),
+            f32_prim(log_i).into_tensor_arg(),
+            f32_prim(log_start).into_tensor_arg(),
             q.into_tensor_arg(),
-            f32(n_start).into_tensor_arg(),
+            f32_prim(n_start).into_tensor_arg(),
             p.clone().into_tensor_arg(),
             row_max.clone().into_tensor_arg(),
             stab.clone().into_tensor_arg(),
@@ -1430,8 +1432,7 @@ where
         if !gate_kernels_take(&client, chunks, len, out) {
             return gate_grads(scores, dpv, log_f, log_i, stab, dqn, dstab, scale, out);
         }
-        let f32 = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
-        let scores = prim(scores.cast(DType::F32));
+        let scores = f32_prim(scores);
         let ds = empty(&scores, vec![chunks, len, len], out);
         let rows = empty(&scores, vec![chunks, len], DType::F32);
         let cols = empty(&scores, vec![chunks, len], DType::F32);
@@ -1441,12 +1442,12 @@ where
             count,
             dim,
             scores.into_tensor_arg(),
-            prim(dpv.cast(DType::F32)).into_tensor_arg(),
-            f32(log_f).into_tensor_arg(),
-            f32(log_i).into_tensor_arg(),
-            f32(stab).into_tensor_arg(),
-            f32(dqn).into_tensor_arg(),
-            f32(dstab).into_tensor_arg(),
+            f32_prim(dpv).into_tensor_arg(),
+            f32_prim(log_f).into_tensor_arg(),
+            f32_prim(log_i).into_tensor_arg(),
+            f32_prim(stab).into_tensor_arg(),
+            f32_prim(dqn).into_tensor_arg(),
+            f32_prim(dstab).into_tensor_arg(),
             ds.clone().into_tensor_arg(),
             rows.clone().into_tensor_arg(),
             cols.clone().into_tensor_arg(),
@@ -1479,11 +1480,10 @@ where
         if !supported(dtype) || chunks * len * d == 0 {
             return super::backward::weighted_rows(x, w, u);
         }
-        let f32_rows = |t: Tensor<Self, 2>| prim(t.cast(DType::F32));
         let x = rows_prim(x);
-        let w = f32_rows(w);
+        let w = f32_prim(w);
         let with_sum = u.is_some();
-        let u = u.map_or_else(|| w.clone(), f32_rows);
+        let u = u.map_or_else(|| w.clone(), f32_prim);
         let x_w = empty(&x, vec![chunks, len, d], dtype);
         // Without the sum the kernel writes none: a one-entry stand-in.
         let sum = empty(
