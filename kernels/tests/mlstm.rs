@@ -10,7 +10,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use xlstm_cells::mlstm::{self, MlstmInputs, MlstmState};
 use xlstm_golden::{cases, golden_dir, rel_l2};
-use xlstm_kernels::mlstm::{GateGradTerms, GradientProducts, Layout, ScoreGradInputs};
+use xlstm_kernels::mlstm::{
+    ForwardGates, GateGradTerms, GradientProducts, Layout, ScoreGradInputs, StateStart,
+};
 use xlstm_kernels::MlstmBackend;
 
 type Ref = NdArray<f32>;
@@ -1313,6 +1315,89 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                 check(&format!("state weights [{g}, {len}]"), got, want, 1e-6);
             });
         }
+        // Everything the forward takes from the gates: from the given stabiliser or none,
+        // lengths that end in padding, one token, rounds of many chunks (2500 chunks of 2
+        // tokens), several rounds of 16 chunks of 64, chunks over a cube's units (300), the
+        // pre-activations read through a transposed view; in the half type too.
+        for &(b, nh, s, len, given) in &[
+            (1usize, 1usize, 1usize, 1usize, false),
+            (2, 3, 7, 4, true),
+            (1, 2, 65, 64, false),
+            (2, 1, 2048, 64, true),
+            (3, 2, 33, 33, true),
+            (1, 1, 5000, 2, false),
+            (1, 2, 700, 300, true),
+        ] {
+            let n = b * nh * s;
+            let i_pre = round_to(&r.uniform(n, -4.0, 3.0), dtype);
+            // Mostly open forget gates, as trained ones are: the decays over 64 tokens of
+            // f̃ ∈ (-8, 8) are e^{-130}, zero in f32 (or denormal, which GPUs flush).
+            let mut f_pre = round_to(&r.uniform(n, -1.0, 8.0), dtype);
+            f_pre[0] = -1e3;
+            f_pre[n - 1] = 40.0;
+            let m0 = given.then(|| r.uniform(b * nh, -3.0, 3.0));
+            fn forward_gates<C: MlstmBackend>(
+                d: &C::Device,
+                [i, f]: [&[f32]; 2],
+                m0: Option<&[f32]>,
+                [b, nh, s, len]: [usize; 4],
+                dtype: DType,
+            ) -> [Vec<f64>; 6] {
+                // Stored as [B, S, NH] and read through a transposed view.
+                let gate = |v: &[f32]| {
+                    let mut stored = vec![0.0; v.len()];
+                    for (at, x) in v.iter().enumerate() {
+                        let (bh, t) = (at / s, at % s);
+                        stored[((bh / nh) * s + t) * nh + bh % nh] = *x;
+                    }
+                    tensor::<C, 3>(&stored, [b, s, nh], d)
+                        .cast(dtype)
+                        .swap_dims(1, 2)
+                };
+                let m0 = m0.map(|m| tensor::<C, 2>(m, [b, nh], d));
+                let ForwardGates {
+                    log_i,
+                    log_f,
+                    log_start,
+                    w,
+                    decay,
+                    m_end,
+                } = C::mlstm_forward_gates(gate(i), gate(f), m0, len, 0.125);
+                let nc = s.div_ceil(len);
+                for t in [&log_i, &log_f, &log_start, &w] {
+                    assert_eq!(t.dims(), [b, nh, nc, len], "forward gates: shape");
+                    assert_eq!(t.dtype(), DType::F32, "forward gates: f32");
+                }
+                assert_eq!(decay.dims(), [b, nh, nc], "forward gates: decay's shape");
+                assert_eq!(m_end.dims(), [b, nh], "forward gates: m's shape");
+                [
+                    values(log_i),
+                    values(log_f),
+                    values(log_start),
+                    values(w),
+                    values(decay),
+                    values(m_end),
+                ]
+            }
+            keep_going(&mut failures, || {
+                let what =
+                    format!("forward gates {dtype:?} [{b}, {nh}, {s}] chunk {len} m0 {given}");
+                let dims = [b, nh, s, len];
+                let parts = [&i_pre[..], &f_pre];
+                let got = forward_gates::<B>(dev, parts, m0.as_deref(), dims, dtype);
+                let rd = Default::default();
+                let want = forward_gates::<Ref>(&rd, parts, m0.as_deref(), dims, DType::F32);
+                let names = ["log i", "log f", "m0 + F", "w", "decay", "m end"];
+                for ((name, got), want) in names.iter().zip(got).zip(want) {
+                    // Padding tokens carry M_EMPTY in log i: exactly there on both sides.
+                    let pad = |x: &f64| *x < -1e29;
+                    let pads = |v: &[f64]| v.iter().map(pad).collect::<Vec<_>>();
+                    assert_eq!(pads(&got), pads(&want), "{what} {name}: padding");
+                    let real = |v: &[f64]| v.iter().copied().filter(|x| !pad(x)).collect();
+                    check(&format!("{what} {name}"), real(&got), real(&want), 1e-5);
+                }
+            });
+        }
         // The gates' gradients from the backward's chunk terms: chunks ending in padding
         // tokens, one token, several chunks per cube, chunks over a cube's units; in the half
         // type the pre-activations and the results.
@@ -1544,15 +1629,16 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
             let c0 = r.uniform(g * dqk * dv, -1.0, 1.0);
             let n0 = r.uniform(g * dqk, -1.0, 1.0);
             let rd = Default::default();
-            // In order (the forward's states) and last chunk first (the backward's gradients).
-            for reverse in [false, true] {
+            // In order (the forward's states), from the given state or the zero one, and last
+            // chunk first (the backward's gradients).
+            for (reverse, zero_start) in [(false, false), (false, true), (true, false)] {
                 keep_going(&mut failures, || {
                     fn states<C: MlstmBackend>(
                         d: &C::Device,
                         [keys, w_c, w_n, v, decay, c0, n0]: [&[f32]; 7],
                         [b, nh, nc, len, dqk, dv]: [usize; 6],
                         dtype: DType,
-                        reverse: bool,
+                        (reverse, zero_start): (bool, bool),
                     ) -> [Vec<f64>; 4] {
                         let on = |t: Tensor<C, 5>| t.cast(dtype);
                         let kept = C::mlstm_chunk_states(
@@ -1561,8 +1647,10 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                             tensor(w_n, [b, nh, nc, len], d),
                             on(tensor(v, [b, nh, nc, len, dv], d)),
                             tensor(decay, [b, nh, nc], d),
-                            tensor(c0, [b, nh, dqk, dv], d),
-                            tensor(n0, [b, nh, dqk], d),
+                            (!zero_start).then(|| StateStart {
+                                c: tensor(c0, [b, nh, dqk, dv], d),
+                                n: tensor(n0, [b, nh, dqk], d),
+                            }),
                             reverse,
                         );
                         assert_eq!(kept.c_start.dtype(), dtype, "states: chunk-start type");
@@ -1576,15 +1664,16 @@ fn chunk_primitives<B: MlstmBackend>(dev: &B::Device) {
                     }
                     let parts = [&keys[..], &w_c, &w_n, &v, &decay, &c0, &n0];
                     let dims = [b, nh, nc, len, dqk, dv];
-                    let got = states::<B>(dev, parts, dims, dtype, reverse);
-                    let want = states::<Ref>(&rd, parts, dims, DType::F32, reverse);
+                    let order = (reverse, zero_start);
+                    let got = states::<B>(dev, parts, dims, dtype, order);
+                    let want = states::<Ref>(&rd, parts, dims, DType::F32, order);
                     // Half types: the weighted keys and the chunk-start states are rounded.
                     let c_bound = if is_half { 5e-3 } else { 1e-5 };
                     let names = ["C start", "C end", "n start", "n end"];
                     for ((name, got), want) in names.iter().zip(got).zip(want) {
                         let bound = if name.starts_with('C') { c_bound } else { 1e-5 };
                         check(
-                            &format!("states {what} reverse {reverse} {name}"),
+                            &format!("states {what} reverse {reverse} zero {zero_start} {name}"),
                             got,
                             want,
                             bound,

@@ -38,7 +38,7 @@ use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use super::chunk_matmul::scan_chunks;
 use super::chunked::{batch_groups, chunks, reverse_cumsum, ChunkGates, Chunked};
 use super::gates::one_hot;
-use super::{ChunkStates, MlstmBackend};
+use super::{ChunkStates, MlstmBackend, StateStart};
 
 /// Bound on one stack of chunk-boundary states kept at once (bytes; four such `[NC, DQK, DV]`
 /// stacks live together: the states, their increments, their gradients and the chunks' terms
@@ -168,8 +168,10 @@ fn group_backward<B: MlstmBackend>(
             w_keys.clone(),
             v.clone(),
             decay.clone(),
-            state.c.clone().cast(DType::F32),
-            state.n.clone().cast(DType::F32),
+            Some(StateStart {
+                c: state.c.clone().cast(DType::F32),
+                n: state.n.clone().cast(DType::F32),
+            }),
             false,
         )
     });
@@ -240,8 +242,10 @@ fn group_backward<B: MlstmBackend>(
         g * dqn,
         dnum_w.clone(),
         decay.clone(),
-        dstate.c.cast(DType::F32),
-        dstate.n.cast(DType::F32),
+        Some(StateStart {
+            c: dstate.c.cast(DType::F32),
+            n: dstate.n.cast(DType::F32),
+        }),
         true,
     );
     // ⟨dC₁, C₀⟩ + ⟨dn₁, n₀⟩ and ⟨dC₁, C₁⟩ + ⟨dn₁, n₁⟩ of every chunk, in f32; C₁ is the next

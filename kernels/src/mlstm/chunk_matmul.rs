@@ -16,13 +16,13 @@
 //! chunk-boundary states are kept in the inputs' float type between the scan and the output
 //! products, as TFLA keeps them, and the final state is f32 throughout.
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Element, Tensor};
 use xlstm_cells::mlstm::{MlstmInputs, MlstmState, EPS};
 use xlstm_cells::CellError;
 use xlstm_gating::normalizer;
 
-use super::chunked::{batch_groups, ChunkGates, Chunked};
-use super::{ChunkStates, MlstmBackend};
+use super::chunked::{batch_groups, chunks, ChunkGates};
+use super::{ChunkStates, MlstmBackend, StateStart};
 
 /// Bound on the chunk-boundary states (and their per-chunk increments) kept at once, in bytes;
 /// a larger batch runs in groups of batch entries.
@@ -52,7 +52,9 @@ pub(crate) fn chunkwise_matmul_keeping_states<B: MlstmBackend>(
         // The reference names the offending field.
         return xlstm_cells::mlstm::chunkwise(x, state, chunk_size).map(|(h, end)| (h, end, None));
     }
-    let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
+    if let Some(state) = &state {
+        state.check(b, nh, dqk, dv)?;
+    }
     let len = chunk_size.min(s);
     // Two stacks per entry (the `Kᵀ V` increments and the states), each under the device's
     // largest buffer.
@@ -65,60 +67,108 @@ pub(crate) fn chunkwise_matmul_keeping_states<B: MlstmBackend>(
     }
     let (mut hs, mut states) = (vec![], vec![]);
     for (first, n) in groups {
-        let (h, st, _) =
-            group_forward(&x.narrow_batch(first, n), state.narrow_batch(first, n), len);
+        let group_state = state.as_ref().map(|s| s.narrow_batch(first, n));
+        let (h, st, _) = group_forward(&x.narrow_batch(first, n), group_state, len);
         hs.push(h);
         states.push(st);
     }
     Ok((Tensor::cat(hs, 0), MlstmState::cat_batch(states), None))
 }
 
-/// [`chunkwise_matmul`] for one group of batch entries, `len ≤ S`, and its chunk-boundary
-/// states.
+/// What the chunkwise forward takes from the gates ([`MlstmBackend::mlstm_forward_gates`]), in
+/// chunks of `L` tokens, f32; padding tokens carry `ĩ = M_EMPTY` and `log f = 0`.
+#[derive(Debug, Clone)]
+pub struct ForwardGates<B: Backend> {
+    /// `ĩ` (= `log i`) `[B, NH, NC, L]`.
+    pub log_i: Tensor<B, 4>,
+    /// `log f = log σ(f̃)` `[B, NH, NC, L]`.
+    pub log_f: Tensor<B, 4>,
+    /// `m₀ + F_t` `[B, NH, NC, L]`: the stabiliser before the chunk plus the chunk-local sums
+    /// of `log f`.
+    pub log_start: Tensor<B, 4>,
+    /// The keys' weights in the chunk-boundary states, `w_s = e^{ĩ_s + F_L - F_s - m₁} · scale`
+    /// `[B, NH, NC, L]`.
+    pub w: Tensor<B, 4>,
+    /// The states' decay over each chunk, `e^{F_L + m₀ - m₁}` `[B, NH, NC]`.
+    pub decay: Tensor<B, 3>,
+    /// The stabiliser after the last chunk `[B, NH]`.
+    pub m_end: Tensor<B, 2>,
+}
+
+/// The tensor-op form of [`MlstmBackend::mlstm_forward_gates`]: the chunk gates, the stabiliser
+/// scan, the keys' weights and `m₀ + F_t` through their own primitives.
+pub(crate) fn forward_gates<B: MlstmBackend>(
+    i_preact: Tensor<B, 3>,
+    f_preact: Tensor<B, 3>,
+    m0: Option<Tensor<B, 2>>,
+    len: usize,
+    scale: f64,
+) -> ForwardGates<B> {
+    let [b, nh, _] = i_preact.dims();
+    let device = i_preact.device();
+    let ChunkGates {
+        log_i,
+        log_f,
+        f_cum,
+        log_w,
+        f_last,
+        m_loc,
+    } = B::mlstm_chunk_gates(i_preact, f_preact, len);
+    let nc = log_i.dims()[2];
+    let m0 = m0.map_or_else(
+        || Tensor::<B, 1>::zeros([b * nh], &device).cast(DType::F32),
+        |m| m.cast(DType::F32).reshape([b * nh]),
+    );
+    let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
+        f_last.reshape([b * nh, nc]),
+        m_loc.clone().reshape([b * nh, nc]),
+        m0,
+    );
+    let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
+    ForwardGates {
+        // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}.
+        w: B::mlstm_state_weights(log_w, m_loc, gain.reshape([b, nh, nc]), scale),
+        log_start: m_all.clone().narrow(2, 0, nc).unsqueeze_dim::<4>(3) + f_cum,
+        decay: decay.reshape([b, nh, nc]),
+        m_end: m_all.narrow(2, nc, 1).reshape([b, nh]),
+        log_i,
+        log_f,
+    }
+}
+
+/// [`chunkwise_matmul`] for one group of batch entries, `len ≤ S`, from `state` (the zero
+/// state where `None`), and its chunk-boundary states.
 fn group_forward<B: MlstmBackend>(
     x: &MlstmInputs<B>,
-    state: MlstmState<B>,
+    state: Option<MlstmState<B>>,
     len: usize,
 ) -> (Tensor<B, 4>, MlstmState<B>, ChunkStates<B>) {
     let [b, nh, s, dqk, dv] = x.dims().expect("checked by the caller");
     let nc = s.div_ceil(len);
     let dtype = x.q.dtype();
     let key_scale = 1.0 / (dqk as f64).sqrt();
-    let Chunked {
-        q, // [B, NH, NC, L, DQK]
-        k,
-        v, // [B, NH, NC, L, DV]
-        gates:
-            ChunkGates {
-                log_i, // [B, NH, NC, L]
-                log_f,
-                f_cum,
-                log_w,  // ĩ_s + Σ_{u>s} log f_u: each chunk's own contribution to its end state
-                f_last, // F_L, [B, NH, NC]
-                m_loc,  // max_s log w_s, [B, NH, NC]
-            },
-    } = Chunked::new(x, len, dtype);
-    let (m_all, decay, gain) = B::mlstm_stabiliser_scan(
-        f_last.reshape([b * nh, nc]),
-        m_loc.clone().reshape([b * nh, nc]),
-        state.m.clone().cast(DType::F32).reshape([b * nh]),
+    let q = chunks(x.q.clone(), len, dtype); // [B, NH, NC, L, DQK]
+    let k = chunks(x.k.clone(), len, dtype);
+    let v = chunks(x.v.clone(), len, dtype); // [B, NH, NC, L, DV]
+    let ForwardGates {
+        log_i, // [B, NH, NC, L]
+        log_f,
+        log_start, // m₀ + F_t
+        w,         // the keys' weights in C and n
+        decay,     // [B, NH, NC]
+        m_end,     // [B, NH]
+    } = B::mlstm_forward_gates(
+        x.i_preact.clone(),
+        x.f_preact.clone(),
+        state.as_ref().map(|s| s.m.clone()),
+        len,
+        key_scale,
     );
-    let m_all = m_all.reshape([b, nh, nc + 1]); // m before every chunk and after the last
-    let decay = decay.reshape([b, nh, nc]); // e^{F_L+m₀-m₁}
-
-    // w_s = e^{ĩ_s + F_L - F_s - m₁} / sqrt(DQK), as e^{… - m_loc} e^{m_loc - m₁}: the keys'
-    // weights in C and n.
-    let w = B::mlstm_state_weights(log_w, m_loc, gain.reshape([b, nh, nc]), key_scale);
-    let kept = B::mlstm_chunk_states(
-        k.clone(),
-        w.clone(),
-        w,
-        v.clone(),
-        decay,
-        state.c.clone().cast(DType::F32),
-        state.n.clone().cast(DType::F32),
-        false,
-    );
+    let start = state.as_ref().map(|s| StateStart {
+        c: s.c.clone().cast(DType::F32),
+        n: s.n.clone().cast(DType::F32),
+    });
+    let kept = B::mlstm_chunk_states(k.clone(), w.clone(), w, v.clone(), decay, start, false);
     let h = B::mlstm_chunk_outputs(
         q,
         k,
@@ -127,16 +177,19 @@ fn group_forward<B: MlstmBackend>(
         log_i,
         kept.c_start.clone(),
         kept.n_start.clone(),
-        m_all.clone().narrow(2, 0, nc).unsqueeze_dim::<4>(3) + f_cum, // m₀ + F_t
+        log_start,
     );
     let h = h.reshape([b, nh, nc * len, dv]).narrow(2, 0, s);
+    // The final state in the given state's float types; the zero state's are the backend's
+    // default float type.
+    let default = B::FloatElem::dtype();
+    let [c_type, n_type, m_type] = state
+        .as_ref()
+        .map_or([default; 3], |s| [s.c.dtype(), s.n.dtype(), s.m.dtype()]);
     let final_state = MlstmState {
-        c: kept.c_end.clone().cast(state.c.dtype()),
-        n: kept.n_end.clone().cast(state.n.dtype()),
-        m: m_all
-            .narrow(2, nc, 1)
-            .reshape([b, nh])
-            .cast(state.m.dtype()),
+        c: kept.c_end.clone().cast(c_type),
+        n: kept.n_end.clone().cast(n_type),
+        m: m_end.cast(m_type),
     };
     (h, final_state, kept)
 }
@@ -161,12 +214,16 @@ pub(crate) fn chunk_states<B: MlstmBackend>(
     w_n: Tensor<B, 4>,
     v: Tensor<B, 5>,
     decay: Tensor<B, 3>,
-    c0: Tensor<B, 4>,
-    n0: Tensor<B, 3>,
+    start: Option<StateStart<B>>,
     reverse: bool,
 ) -> ChunkStates<B> {
     let [b, nh, nc, len, dqk] = k.dims();
+    let dv = v.dims()[4];
     let dtype = k.dtype();
+    let StateStart { c: c0, n: n0 } = start.unwrap_or_else(|| StateStart {
+        c: Tensor::<B, 4>::zeros([b, nh, dqk, dv], &k.device()).cast(DType::F32),
+        n: Tensor::<B, 3>::zeros([b, nh, dqk], &k.device()).cast(DType::F32),
+    });
     let flat = |t: Tensor<B, 4>| t.reshape([b * nh * nc, len]);
     let (k_w, k_sum) = B::mlstm_weighted_rows(
         B::mlstm_rows(k, [b * nh * nc, len, dqk]),

@@ -22,6 +22,9 @@ use super::chunk_kernel::{mlstm_chunk_outputs_kernel, mlstm_chunk_states_kernel,
 use super::combine_kernel::chunk_combine_kernel;
 use super::cube_matmul::{batched_matmul, exact_f32_matmul};
 use super::dots_kernel::{chunk_dots_kernel, DOT_UNITS};
+use super::forward_gates_kernel::{
+    forward_gate_rounds, forward_gates_kernel, FORWARD_GATE_MAX_LEN,
+};
 use super::gate_input_grads_kernel::gate_input_grads_kernel;
 use super::gate_kernel::{gate_grads_kernel, gate_groups, gate_matrix_kernel};
 use super::gates::{gate_grads, gate_matrix, GateMatrix};
@@ -44,7 +47,7 @@ use super::score_grads_mma_kernel::{
 use super::state_mma_kernel::{chunk_states_mma_kernel, shared_bytes, STATE_PLANES, STATE_TILE};
 use super::state_weights_kernel::state_weights_kernel;
 use super::step_kernel::{mlstm_step_kernel, ROWS, TILE_V};
-use super::{ChunkGates, ChunkStates, MlstmBackend};
+use super::{ChunkGates, ChunkStates, ForwardGates, MlstmBackend, StateStart};
 
 /// Chunk sizes the output kernel is compiled for (multiples of 16 whose `[L, L]` gate matrix
 /// fits in shared memory next to the other tiles). Any other requested size runs with
@@ -459,8 +462,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     w_n: &Tensor<Cube<R, F, I, BT>, 4>,
     v: &Tensor<Cube<R, F, I, BT>, 5>,
     decay: &Tensor<Cube<R, F, I, BT>, 3>,
-    c0: &Tensor<Cube<R, F, I, BT>, 4>,
-    n0: &Tensor<Cube<R, F, I, BT>, 3>,
+    start: Option<&StateStart<Cube<R, F, I, BT>>>,
     reverse: bool,
 ) -> Option<ChunkStates<Cube<R, F, I, BT>>> {
     let dtype = k.dtype();
@@ -483,8 +485,11 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
     let elem: StorageType = dtype.into();
     let [w_c, w_n] = [w_c, w_n].map(|t| f32_prim(t.clone()));
     let decay = prim(decay.clone());
-    let c0 = prim(c0.clone());
-    let n0 = prim(n0.clone());
+    // The zero state is not read (the kernel starts from zero): any f32 tensor stands in.
+    let (c0, n0) = match start {
+        Some(start) => (f32_prim(start.c.clone()), f32_prim(start.n.clone())),
+        None => (w_c.clone(), w_n.clone()),
+    };
     let c_start = empty(&k_p, vec![b, nh, nc, dqk, dv], dtype);
     let c_end = empty(&k_p, vec![b, nh, dqk, dv], DType::F32);
     let n_start = empty(&k_p, vec![b, nh, nc, dqk], DType::F32);
@@ -510,6 +515,7 @@ fn mma_chunk_states<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElem
             n_end.clone().into_tensor_arg(),
             len,
             reverse,
+            start.is_none(),
             elem,
         );
     }
@@ -803,6 +809,10 @@ where
         if s == 0 || chunk_size == 0 {
             return xlstm_cells::mlstm::chunkwise(x, state, chunk_size);
         }
+        if tensor_core_chunks(x, chunk_size) {
+            // From the zero state without materialising it (its kernels start from zero).
+            return super::chunkwise_matmul(x, state, chunk_size);
+        }
         let state = MlstmState::given_or_zeros(state, [b, nh, dqk, dv], &x.q.device())?;
         let dtype = x.q.dtype();
         let state_dtype = state.c.dtype();
@@ -812,9 +822,6 @@ where
             DEFAULT_CHUNK
         };
         let shared = x.q.clone().into_primitive().tensor();
-        if tensor_core_chunks(x, chunk_size) {
-            return super::chunkwise_matmul(x, Some(state), chunk_size);
-        }
         let limit = shared.client.properties().hardware.max_shared_memory_size;
         let Some(plan) = Plan::choose(requested, dqk, dv, limit) else {
             return xlstm_cells::mlstm::chunkwise(x, Some(state), chunk_size);
@@ -995,13 +1002,12 @@ where
         w_n: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
-        c0: Tensor<Self, 4>,
-        n0: Tensor<Self, 3>,
+        start: Option<StateStart<Self>>,
         reverse: bool,
     ) -> ChunkStates<Self> {
-        match mma_chunk_states(&k, &w_c, &w_n, &v, &decay, &c0, &n0, reverse) {
+        match mma_chunk_states(&k, &w_c, &w_n, &v, &decay, start.as_ref(), reverse) {
             Some(states) => states,
-            None => super::chunk_matmul::chunk_states(k, w_c, w_n, v, decay, c0, n0, reverse),
+            None => super::chunk_matmul::chunk_states(k, w_c, w_n, v, decay, start, reverse),
         }
     }
 
@@ -1106,6 +1112,69 @@ where
             log_w: shaped(log_w),
             f_last: wrap::<R, F, I, BT, 1>(f_last).reshape([b, nh, nc]),
             m_loc: wrap::<R, F, I, BT, 1>(m_loc).reshape([b, nh, nc]),
+        }
+    }
+
+    fn mlstm_forward_gates(
+        i_preact: Tensor<Self, 3>,
+        f_preact: Tensor<Self, 3>,
+        m0: Option<Tensor<Self, 2>>,
+        len: usize,
+        scale: f64,
+    ) -> ForwardGates<Self> {
+        let [b, nh, s] = i_preact.dims();
+        let dtype = i_preact.dtype();
+        if !supported(dtype)
+            || f_preact.dtype() != dtype
+            || len == 0
+            || len > FORWARD_GATE_MAX_LEN
+            || b * nh * s == 0
+        {
+            return super::chunk_matmul::forward_gates(i_preact, f_preact, m0, len, scale);
+        }
+        let (rows, nc) = (b * nh, s.div_ceil(len));
+        // Read in place, in their strides (e.g. a transposed projection's output): no copy.
+        let i_pre = i_preact.into_primitive().tensor();
+        let per_token = || empty(&i_pre, vec![rows * nc, len], DType::F32);
+        let (log_i, log_f, log_start, w) = (per_token(), per_token(), per_token(), per_token());
+        let decay = empty(&i_pre, vec![rows * nc], DType::F32);
+        let m_end = empty(&i_pre, vec![rows], DType::F32);
+        let zero_start = m0.is_none();
+        // The zero stabiliser is not read: an unwritten entry stands in.
+        let m0 = m0.map_or_else(
+            || empty(&i_pre, vec![1], DType::F32),
+            |m| f32_prim(m.reshape([rows])),
+        );
+        let per_round = forward_gate_rounds(len, nc);
+        let along_x = rows.min(usize::from(u16::MAX));
+        let client = i_pre.client.clone();
+        forward_gates_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(along_x as u32, rows.div_ceil(along_x) as u32, 1),
+            CubeDim::new_2d(len.min(GATE_UNITS) as u32, per_round as u32),
+            i_pre.into_tensor_arg(),
+            f_preact.into_primitive().tensor().into_tensor_arg(),
+            m0.into_tensor_arg(),
+            log_i.clone().into_tensor_arg(),
+            log_f.clone().into_tensor_arg(),
+            log_start.clone().into_tensor_arg(),
+            w.clone().into_tensor_arg(),
+            decay.clone().into_tensor_arg(),
+            m_end.clone().into_tensor_arg(),
+            scale as f32,
+            len,
+            per_round,
+            zero_start,
+            dtype.into(),
+        );
+        let shaped = |t: CubeTensor<R>| wrap::<R, F, I, BT, 2>(t).reshape([b, nh, nc, len]);
+        ForwardGates {
+            log_i: shaped(log_i),
+            log_f: shaped(log_f),
+            log_start: shaped(log_start),
+            w: shaped(w),
+            decay: wrap::<R, F, I, BT, 1>(decay).reshape([b, nh, nc]),
+            m_end: wrap::<R, F, I, BT, 1>(m_end).reshape([b, nh]),
         }
     }
 

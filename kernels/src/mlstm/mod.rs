@@ -23,6 +23,8 @@ mod cube_matmul;
 #[cfg(feature = "cube")]
 mod dots_kernel;
 #[cfg(feature = "cube")]
+mod forward_gates_kernel;
+#[cfg(feature = "cube")]
 mod gate_input_grads_kernel;
 #[cfg(feature = "cube")]
 mod gate_kernel;
@@ -50,7 +52,7 @@ pub use backward::{
     GateGradTerms, GradientProducts, GradientRows, Layout, OutputRowGrads, ScoreGradInputs,
     ScoreGrads,
 };
-pub use chunk_matmul::chunkwise_matmul;
+pub use chunk_matmul::{chunkwise_matmul, ForwardGates};
 pub use chunked::ChunkGates;
 #[cfg(feature = "cube")]
 pub use cube::DEFAULT_CHUNK;
@@ -74,6 +76,14 @@ pub struct ChunkStates<B: Backend> {
     pub n_start: Tensor<B, 4>,
     /// `n` after the last chunk `[B, NH, DQK]`, f32.
     pub n_end: Tensor<B, 3>,
+}
+
+/// The state a recurrence over chunks starts from ([`MlstmBackend::mlstm_chunk_states`]):
+/// `c [B, NH, DQK, DV]` and `n [B, NH, DQK]`, f32.
+#[derive(Debug, Clone)]
+pub struct StateStart<B: Backend> {
+    pub c: Tensor<B, 4>,
+    pub n: Tensor<B, 3>,
 }
 
 impl<B: Backend> ChunkStates<B> {
@@ -322,6 +332,23 @@ pub trait MlstmBackend: Backend {
         chunked::chunk_gates(i_preact, f_preact, len)
     }
 
+    /// Everything the chunkwise forward takes from the gates ([`ForwardGates`]), from the
+    /// pre-activations `ĩ, f̃ [B, NH, S]` (one float type) in chunks of `len` tokens and the
+    /// initial stabiliser `m0 [B, NH]` (f32; 0 where `None`): the chunks' `ĩ` and `log σ(f̃)`,
+    /// `m₀ + F_t`, the keys' weights in the chunk-boundary states (`scale` included), the
+    /// states' decay per chunk and the final stabiliser. The default is
+    /// [`Self::mlstm_chunk_gates`], [`Self::mlstm_stabiliser_scan`],
+    /// [`Self::mlstm_state_weights`] and a sum; the cube backends do it in one launch.
+    fn mlstm_forward_gates(
+        i_preact: Tensor<Self, 3>,
+        f_preact: Tensor<Self, 3>,
+        m0: Option<Tensor<Self, 2>>,
+        len: usize,
+        scale: f64,
+    ) -> ForwardGates<Self> {
+        chunk_matmul::forward_gates(i_preact, f_preact, m0, len, scale)
+    }
+
     /// The keys' weights in the chunk-boundary states (the key scale included):
     /// `w_s = e^{log w_s - m_loc} · gain · scale` with `log_w [B, NH, NC, L]` and per chunk
     /// `m_loc` (`max_s log w_s`) and `gain` (`e^{m_loc - m₁}`) `[B, NH, NC]`, all f32. The cube
@@ -348,7 +375,7 @@ pub trait MlstmBackend: Backend {
     }
 
     /// The chunk-boundary states of the chunkwise form (eq. 19 summed over each chunk): from
-    /// `c0 [B, NH, DQK, DV]` and `n0 [B, NH, DQK]` (f32), per chunk `c` the updates
+    /// `start` ([`StateStart`], the zero state where `None`), per chunk `c` the updates
     /// `C ← a_c C + (w_c∘K)ᵀ V` and `n ← a_c n + Σ_s w_n,s k_s` with the chunk's keys
     /// `k [B, NH, NC, L, DQK]` and values `v [B, NH, NC, L, DV]` (one float type), the keys'
     /// weights in `C` and in `n`, `w_c` and `w_n [B, NH, NC, L]`, and `decay [B, NH, NC]` (f32);
@@ -367,11 +394,10 @@ pub trait MlstmBackend: Backend {
         w_n: Tensor<Self, 4>,
         v: Tensor<Self, 5>,
         decay: Tensor<Self, 3>,
-        c0: Tensor<Self, 4>,
-        n0: Tensor<Self, 3>,
+        start: Option<StateStart<Self>>,
         reverse: bool,
     ) -> ChunkStates<Self> {
-        chunk_matmul::chunk_states(k, w_c, w_n, v, decay, c0, n0, reverse)
+        chunk_matmul::chunk_states(k, w_c, w_n, v, decay, start, reverse)
     }
 
     /// The outputs of every chunk from its start state (eq. 21 within a chunk): `q, k

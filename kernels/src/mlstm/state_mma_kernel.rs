@@ -124,7 +124,8 @@ const UNITS: usize = PLANE * STATE_PLANES;
 /// `C` and `n` before every chunk and after the last: `c_start[b, h, c] = C` before chunk `c`'s
 /// update (the inputs' type), `c_end[b, h] = C` after the last (f32), likewise `n_start`,
 /// `n_end` (f32), from `C = c0[b, h]`, `n = n0[b, h]` and per chunk
-/// `C ← decay[b, h, c] C + (w_c∘k)[b, h, c]ᵀ v[b, h, c]`, `n ← decay[b, h, c] n + Σ_s w_n,s k_s`,
+/// `C ← decay[b, h, c] C + (w_c∘k)[b, h, c]ᵀ v[b, h, c]`, `n ← decay[b, h, c] n + Σ_s w_n,s k_s`
+/// (from `C = 0`, `n = 0` where `zero_start`, `c0` and `n0` then unread),
 /// chunks in order or, where `reverse`, last first (the backward's `dC ← a_c dC + (g∘Q)ᵀ dnum`:
 /// `k = Q`, `w_c = g`, `w_n = g∘dqn`, `v = dnum`). Grid: (tiles of `C`, `B·NH`); cube
 /// `PLANE × STATE_PLANES`. `W` (the vector width of the global accesses) is 16 bytes and divides
@@ -147,6 +148,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
     n_end: &mut Tensor<f32>,            // [B, NH, DQK]
     #[comptime] len: usize,
     #[comptime] reverse: bool,
+    #[comptime] zero_start: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(MMA_M, MMA_N, MMA_K);
@@ -194,8 +196,10 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                     let a = row0 + plane_row + mt * MMA_M + r as usize;
                     let d = col0 + plane_col + nt * MMA_N + col as usize;
                     let mut x = 0.0f32;
-                    if a < dqk && d < dv {
-                        x = c0[c0_base + a * c0.stride(2) + d * c0.stride(3)];
+                    if comptime!(!zero_start) {
+                        if a < dqk && d < dv {
+                            x = c0[c0_base + a * c0.stride(2) + d * c0.stride(3)];
+                        }
                     }
                     value[e] = x;
                 }
@@ -207,8 +211,10 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
     let n_row = UNIT_POS as usize;
     let owns_n = col0 == 0 && n_row < STATE_TILE && row0 + n_row < dqk;
     let mut n_acc = 0.0f32;
-    if owns_n {
-        n_acc = n0[batch * n0.stride(0) + head * n0.stride(1) + (row0 + n_row) * n0.stride(2)];
+    if comptime!(!zero_start) {
+        if owns_n {
+            n_acc = n0[batch * n0.stride(0) + head * n0.stride(1) + (row0 + n_row) * n0.stride(2)];
+        }
     }
 
     let mut keys = SharedMemory::<Vector<F, W>>::new(comptime!(2 * round)); // [round][s][a]
