@@ -14,7 +14,10 @@
 //! `XLSTM_MLSTM_FUSED_OUTPUTS=0` without the fused output kernel (`output_mma_kernel.rs`), `=1`
 //! with it at every `DV` (by default up to 256). `MLSTM_BENCH_BACK_TO_BACK=1` adds, per bf16
 //! forward row, the mean of ten forwards between two syncs: where it is well under the row's
-//! own time, the per-call time is the host's (launches and the sync), not the device's.
+//! own time, the per-call time is the host's (launches and the sync), not the device's. Every
+//! bf16 chunkwise row also comes timed by the peers' own method (`triton.testing.do_bench`: an
+//! L2 flush before each call, no sync between calls), the row marked "do_bench method"; that
+//! is the figure to hold against the peers' (see [`time_like_do_bench`]).
 //! Prints one line per measurement and a table last.
 #![cfg_attr(not(feature = "cube"), allow(dead_code, unused_imports))]
 
@@ -44,6 +47,53 @@ fn time<B: Backend>(dev: &B::Device, reps: usize, inner: usize, mut f: impl FnMu
         .collect();
     ms.sort_by(f64::total_cmp);
     ms[ms.len() / 2]
+}
+
+/// Median milliseconds per call as `triton.testing.do_bench` (the peers' method) takes them:
+/// the L2 cache flushed (a 256 MB write) before every call and no sync between calls, so the
+/// host issues the next launches while the device works. do_bench reads device events around
+/// each call; burn exposes none, so each repeat times `inner` flushes and calls between two
+/// syncs, then `inner` flushes alone, and takes the difference. Also returns the median host
+/// time per call (until `f` returns), of the same repeats.
+fn time_like_do_bench<B: Backend>(
+    dev: &B::Device,
+    reps: usize,
+    inner: usize,
+    mut f: impl FnMut(),
+) -> (f64, f64) {
+    let flush = || drop(Tensor::<B, 1>::zeros([64 << 20], dev));
+    for _ in 0..2 {
+        flush();
+        f();
+    }
+    B::sync(dev).expect("sync");
+    let mut per_call = Vec::with_capacity(reps);
+    let mut host = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let mut issuing = 0.0;
+        for _ in 0..inner {
+            flush();
+            let issued = Instant::now();
+            f();
+            issuing += issued.elapsed().as_secs_f64();
+        }
+        B::sync(dev).expect("sync");
+        let with_calls = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..inner {
+            flush();
+        }
+        B::sync(dev).expect("sync");
+        let flushes = t.elapsed().as_secs_f64();
+        per_call.push((with_calls - flushes) * 1e3 / inner as f64);
+        host.push(issuing * 1e3 / inner as f64);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(per_call), median(host))
 }
 
 /// Whether `MLSTM_BENCH_BACK_TO_BACK=1` asks for the forwards timed ten per sync.
@@ -155,6 +205,25 @@ fn run<B: MlstmBackend>(
                         peer: "",
                     });
                 }
+                if fw_dtype == dtype {
+                    let timed = catch_unwind(AssertUnwindSafe(|| {
+                        time_like_do_bench::<B>(dev, 11, 10, || {
+                            let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+                        })
+                    }))
+                    .ok();
+                    let what = format!("fw {name} {fw_name} chunk {chunk}, do_bench method");
+                    println!("{backend} {what}: {timed:?} ms (per call, host)");
+                    rows.push(Row {
+                        backend,
+                        what: format!(
+                            "{what} (host {:.3} ms per call)",
+                            timed.map_or(f64::NAN, |t| t.1)
+                        ),
+                        ms: timed.map(|t| t.0),
+                        peer,
+                    });
+                }
             }
 
             let xa = inputs::<B>(*dims, dtype, dev);
@@ -179,6 +248,24 @@ fn run<B: MlstmBackend>(
                 what: format!("fw+bw {name} {dname} chunk {chunk}"),
                 ms: fwbw,
                 peer: "",
+            });
+            let timed = catch_unwind(AssertUnwindSafe(|| {
+                time_like_do_bench::<B>(dev, 5, 5, || {
+                    let (h, _) = Autodiff::<B>::mlstm_chunkwise(&xa, None, chunk).unwrap();
+                    let _ = h.sum().backward();
+                })
+            }))
+            .ok();
+            let what = format!("fw+bw {name} {dname} chunk {chunk}, do_bench method");
+            println!("{backend} {what}: {timed:?} ms (per call, host)");
+            rows.push(Row {
+                backend,
+                what: format!(
+                    "{what} (host {:.3} ms per call)",
+                    timed.map_or(f64::NAN, |t| t.1)
+                ),
+                ms: timed.map(|t| t.0),
+                peer,
             });
         }
 
