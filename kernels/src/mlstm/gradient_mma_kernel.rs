@@ -21,8 +21,8 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::mma_tiles::{
-    load_x4, mma_pair, register_fragment_sizes, stage, stage_async, store_x4, FragA, FragB, FragC,
-    MMA_K, MMA_M, MMA_N, PITCH, PLANE,
+    commit_round, load_x4, mma_pair, register_fragment_sizes, stage, stage_async, store_x4,
+    wait_round, write_plane_rows, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Columns of `D` per cube.
@@ -92,7 +92,6 @@ pub(crate) fn gradient_products_mma_kernel<F: Float, W: Size>(
     let sc = def.vector_size(MatrixIdent::Accumulator);
     let width = x.vector_size();
     let rows = comptime!(len.next_multiple_of(MMA_K));
-    let pitch = comptime!(PITCH / width);
 
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y as usize;
@@ -211,17 +210,9 @@ pub(crate) fn gradient_products_mma_kernel<F: Float, W: Size>(
                 rows,
                 z_transposed,
             );
-            if next == 0 {
-                barrier_0.commit_copy_async();
-            } else {
-                barrier_1.commit_copy_async();
-            }
+            commit_round(&barrier_0, &barrier_1, next);
         }
-        if this == 0 {
-            barrier_0.arrive_and_wait();
-        } else {
-            barrier_1.arrive_and_wait();
-        }
+        wait_round(&barrier_0, &barrier_1, this);
         if active {
             if round == 0 {
                 // M X over the chunk's rows j, 16 at a time.
@@ -477,19 +468,18 @@ pub(crate) fn gradient_products_mma_kernel<F: Float, W: Size>(
     // them out.
     sync_plane();
     if active {
-        let per_row = comptime!(GRADIENT_TILE / width);
         let out_base = batch * out.stride(0) + head * out.stride(1) + c * out.stride(2);
-        #[unroll]
-        for i in 0..comptime!((MMA_M * GRADIENT_TILE / width).div_ceil(PLANE)) {
-            let e = lane as usize + i * PLANE;
-            let r = e / per_row;
-            let off = (e % per_row) * width;
-            let t = row0 + r;
-            if r < MMA_M && t < len && col0 + off < d {
-                out[(out_base + t * out.stride(3) + col0 + off) / width] =
-                    x_tile[t * pitch + off / width];
-            }
-        }
+        write_plane_rows::<F, W>(
+            &x_tile,
+            out,
+            out_base,
+            out.stride(3),
+            row0,
+            len,
+            col0,
+            d,
+            width,
+        );
     }
 }
 

@@ -18,7 +18,7 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
-use cubecl::prelude::barrier::copy_async;
+use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
 
 /// Units per plane (`mma.sync` is a warp-wide instruction).
@@ -226,5 +226,58 @@ pub(crate) fn stage_async<F: Float, W: Size>(
                 tile[at] = Vector::<F, W>::new(F::new(0.0));
             }
         }
+    }
+}
+
+/// This plane's 16 rows `row0..row0 + 16` of `stage` (rows of [`PITCH`] entries, 64 columns)
+/// out to `out`, row `t` at `base + t · row_stride + col0`, a vector of `W` entries per access:
+/// the rows `t < len` and the columns `col0 + c < limit`. The plane's units only; the caller
+/// synchronises the plane after writing its rows to `stage`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_plane_rows<F: Float, W: Size>(
+    stage: &SharedMemory<Vector<F, W>>,
+    out: &mut Tensor<Vector<F, W>>,
+    base: usize,
+    row_stride: usize,
+    row0: usize,
+    len: usize,
+    col0: usize,
+    limit: usize,
+    #[comptime] width: usize,
+) {
+    let lane = UNIT_POS_X as usize;
+    let per_row = comptime!(64 / width);
+    #[unroll]
+    for i in 0..comptime!((MMA_M * 64 / width).div_ceil(PLANE)) {
+        let e = lane + i * PLANE;
+        let r = e / per_row;
+        let off = (e % per_row) * width;
+        let t = row0 + r;
+        if r < MMA_M && t < len && col0 + off < limit {
+            out[(base + t * row_stride + col0 + off) / width] =
+                stage[t * comptime!(PITCH / width) + off / width];
+        }
+    }
+}
+
+/// Commits the `cp.async` copies this unit issued since the last commit to the barrier of round
+/// `slot` (0 or 1) of a double-buffered staging.
+#[cube]
+pub(crate) fn commit_round(barrier_0: &Barrier, barrier_1: &Barrier, slot: usize) {
+    if slot == 0 {
+        barrier_0.commit_copy_async();
+    } else {
+        barrier_1.commit_copy_async();
+    }
+}
+
+/// Arrives at the barrier of round `slot` and waits until the round's copies have landed.
+#[cube]
+pub(crate) fn wait_round(barrier_0: &Barrier, barrier_1: &Barrier, slot: usize) {
+    if slot == 0 {
+        barrier_0.arrive_and_wait();
+    } else {
+        barrier_1.arrive_and_wait();
     }
 }

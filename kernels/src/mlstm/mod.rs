@@ -32,6 +32,8 @@ mod gates;
 #[cfg(feature = "cube")]
 mod gradient_mma_kernel;
 #[cfg(feature = "cube")]
+mod mma_gate_matrix;
+#[cfg(feature = "cube")]
 mod mma_tiles;
 #[cfg(feature = "cube")]
 mod output_mma_kernel;

@@ -20,9 +20,10 @@ use cubecl::ir::MatrixIdent;
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
+use super::mma_gate_matrix::{chunk_gate_sums, probabilities_in_place, row_maxima};
 use super::mma_tiles::{
-    load_x4, mma_pair, register_fragment_sizes, stage, stage_async, store_x4, FragA, FragB, FragC,
-    MMA_K, MMA_M, MMA_N, PITCH, PLANE,
+    commit_round, load_x4, mma_pair, register_fragment_sizes, stage, stage_async, store_x4,
+    wait_round, write_plane_rows, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Columns of `DV` per cube.
@@ -79,7 +80,6 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
     let sc = def.vector_size(MatrixIdent::Accumulator);
     let width = q.vector_size();
     let rows = comptime!(len.next_multiple_of(MMA_K));
-    let pitch = comptime!(PITCH / width);
 
     let lane = UNIT_POS_X;
     let plane = UNIT_POS_Y as usize;
@@ -96,32 +96,11 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
     let row0 = plane * MMA_M; // this plane's first token
     let active = row0 < len;
 
-    // The chunk's gates: F_t (the cumulative log f, summed in token order from shared memory)
-    // and ĩ_s, zero past L.
+    // The chunk's gates: F_t and ĩ_s, zero past L.
     let mut f_cum = SharedMemory::<f32>::new(rows);
     let mut i_log = SharedMemory::<f32>::new(rows);
-    let mut f_log = SharedMemory::<f32>::new(rows);
     let gate_base = chunk * len;
-    let u = UNIT_POS as usize;
-    if u < rows {
-        let mut f_u = 0.0f32;
-        let mut i_u = 0.0f32;
-        if u < len {
-            f_u = log_f[gate_base + u];
-            i_u = log_i[gate_base + u];
-        }
-        f_log[u] = f_u;
-        i_log[u] = i_u;
-    }
-    // Protects: every log f is in shared memory before the sums read them.
-    sync_cube();
-    if u < rows {
-        let mut acc = 0.0f32;
-        for j in 0..u + 1 {
-            acc += f_log[j];
-        }
-        f_cum[u] = acc;
-    }
+    chunk_gate_sums(log_f, log_i, gate_base, &mut f_cum, &mut i_log, len, rows);
 
     // Two rounds of the Q, K and C₀ slices and of n₀'s, stacked: round `b` at rows `b·rows`
     // (Q, K), `b·SLICE` (C₀, n₀).
@@ -220,17 +199,9 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
                 &mut n_tiles,
                 rows,
             );
-            if next == 0 {
-                barrier_0.commit_copy_async();
-            } else {
-                barrier_1.commit_copy_async();
-            }
+            commit_round(&barrier_0, &barrier_1, next);
         }
-        if this == 0 {
-            barrier_0.arrive_and_wait();
-        } else {
-            barrier_1.arrive_and_wait();
-        }
+        wait_round(&barrier_0, &barrier_1, this);
         if active {
             #[unroll]
             for ks in 0..comptime!(SLICE / MMA_K) {
@@ -316,38 +287,7 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
         qn0_bottom += plane_shuffle_xor(qn0_bottom, 2);
 
         // The gate matrix over this lane's entries of S: row maxima of log D over s ≤ t.
-        let mut max_top = f32::new(-1.0e30);
-        let mut max_bottom = f32::new(-1.0e30);
-        #[unroll]
-        for nt in 0..TILES_N {
-            if nt / 2 <= plane {
-                #[unroll]
-                for i in 0..nc {
-                    #[unroll]
-                    for e in 0..sc {
-                        let (r, col) = def.position_of_nth(
-                            lane,
-                            (i * sc + e) as u32,
-                            MatrixIdent::Accumulator,
-                        );
-                        let t = row0 + r as usize;
-                        let s = nt * MMA_N + col as usize;
-                        if s <= t {
-                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
-                            if r < 8 {
-                                max_top = max_top.max(log_d);
-                            } else {
-                                max_bottom = max_bottom.max(log_d);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        max_top = max_top.max(plane_shuffle_xor(max_top, 1));
-        max_top = max_top.max(plane_shuffle_xor(max_top, 2));
-        max_bottom = max_bottom.max(plane_shuffle_xor(max_bottom, 1));
-        max_bottom = max_bottom.max(plane_shuffle_xor(max_bottom, 2));
+        let (max_top, _, max_bottom, _) = row_maxima(def, &f_cum, &i_log, row0, plane);
         let t_top = row0 + group;
         let t_bottom = t_top + 8;
         let mut start_top = 0.0f32;
@@ -362,47 +302,17 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
         let stab_bottom = max_bottom.max(start_bottom);
 
         // P = S/sqrt(DQK) ∘ e^{log D - stab} in place, and its row sums.
-        let mut sum_top = 0.0f32;
-        let mut sum_bottom = 0.0f32;
-        #[unroll]
-        for nt in 0..TILES_N {
-            if nt / 2 <= plane {
-                #[unroll]
-                for i in 0..nc {
-                    let mut value = scores[nt * nc + i];
-                    #[unroll]
-                    for e in 0..sc {
-                        let (r, col) = def.position_of_nth(
-                            lane,
-                            (i * sc + e) as u32,
-                            MatrixIdent::Accumulator,
-                        );
-                        let t = row0 + r as usize;
-                        let s = nt * MMA_N + col as usize;
-                        let mut p = 0.0f32;
-                        if s <= t {
-                            let mut stab = stab_top;
-                            if r >= 8 {
-                                stab = stab_bottom;
-                            }
-                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
-                            p = value[e] * scale * (log_d - stab).exp();
-                        }
-                        value[e] = p;
-                        if r < 8 {
-                            sum_top += p;
-                        } else {
-                            sum_bottom += p;
-                        }
-                    }
-                    scores[nt * nc + i] = value;
-                }
-            }
-        }
-        sum_top += plane_shuffle_xor(sum_top, 1);
-        sum_top += plane_shuffle_xor(sum_top, 2);
-        sum_bottom += plane_shuffle_xor(sum_bottom, 1);
-        sum_bottom += plane_shuffle_xor(sum_bottom, 2);
+        let (sum_top, sum_bottom) = probabilities_in_place(
+            def,
+            &mut scores,
+            &f_cum,
+            &i_log,
+            row0,
+            plane,
+            stab_top,
+            stab_bottom,
+            scale,
+        );
         let gain_top = (start_top - stab_top).exp();
         let gain_bottom = (start_bottom - stab_bottom).exp();
         let qn_top = sum_top + gain_top * qn0_top;
@@ -497,19 +407,8 @@ pub(crate) fn chunk_outputs_mma_kernel<F: Float, W: Size>(
     // Protects: this plane's rows of h are in shared memory before its units write them out.
     sync_plane();
     if active {
-        let per_row = comptime!(OUTPUT_TILE / width);
         let h_base = batch * h.stride(0) + head * h.stride(1) + c * h.stride(2);
-        #[unroll]
-        for i in 0..comptime!((MMA_M * OUTPUT_TILE / width).div_ceil(PLANE)) {
-            let e = lane as usize + i * PLANE;
-            let r = e / per_row;
-            let off = (e % per_row) * width;
-            let t = row0 + r;
-            if r < MMA_M && t < len && col0 + off < dv {
-                h[(h_base + t * h.stride(3) + col0 + off) / width] =
-                    c_tiles[t * pitch + off / width];
-            }
-        }
+        write_plane_rows::<F, W>(&c_tiles, h, h_base, h.stride(3), row0, len, col0, dv, width);
     }
 }
 

@@ -22,9 +22,10 @@ use cubecl::ir::MatrixIdent;
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
+use super::mma_gate_matrix::{chunk_gate_sums, log_gate, probabilities_in_place, row_maxima};
 use super::mma_tiles::{
-    load_x4, mma_pair, register_fragment_sizes, stage_async, store_x4, FragA, FragB, FragC, MMA_K,
-    MMA_M, MMA_N, PITCH, PLANE,
+    commit_round, load_x4, mma_pair, register_fragment_sizes, stage_async, store_x4, wait_round,
+    write_plane_rows, FragA, FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Planes per cube, each owning 16 rows (tokens) of the chunk.
@@ -39,8 +40,6 @@ const SLICE_PITCH: usize = 40;
 const TILES_N: usize = 8;
 /// Units per cube.
 const UNITS: usize = PLANE * SCORE_PLANES;
-/// Below every log gate (padding tokens carry `ĩ = -1e30`): the row maxima start here.
-const BELOW: f32 = -3.0e38;
 
 /// Shared memory of one cube in bytes for operands of `elem_bytes`: three stacks of two rounds
 /// of slices (`Q`, `K`, then `dh`, `V`, `h`), the gates, `n₀`'s slices, `1/den`, the columns'
@@ -106,31 +105,12 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
     let t_top = row0 + group;
     let t_bottom = t_top + 8;
 
-    // The chunk's gates: F_t (summed in token order) and ĩ_s, zero past L.
+    // The chunk's gates: F_t and ĩ_s, zero past L.
     let mut f_cum = SharedMemory::<f32>::new(rows);
     let mut i_log = SharedMemory::<f32>::new(rows);
-    let mut f_log = SharedMemory::<f32>::new(rows);
     let gate_base = chunk * len;
+    chunk_gate_sums(log_f, log_i, gate_base, &mut f_cum, &mut i_log, len, rows);
     let u = UNIT_POS as usize;
-    if u < rows {
-        let mut f_u = 0.0f32;
-        let mut i_u = 0.0f32;
-        if u < len {
-            f_u = log_f[gate_base + u];
-            i_u = log_i[gate_base + u];
-        }
-        f_log[u] = f_u;
-        i_log[u] = i_u;
-    }
-    // Protects: every log f is in shared memory before the sums read them.
-    sync_cube();
-    if u < rows {
-        let mut acc = 0.0f32;
-        for j in 0..u + 1 {
-            acc += f_log[j];
-        }
-        f_cum[u] = acc;
-    }
 
     // Three stacks of two rounds of slices: Q, K and (phase 2 only) h; phase 2 stages dh in
     // Q's and V in K's.
@@ -208,17 +188,9 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
                 next,
                 &mut n_tiles,
             );
-            if next == 0 {
-                barrier_0.commit_copy_async();
-            } else {
-                barrier_1.commit_copy_async();
-            }
+            commit_round(&barrier_0, &barrier_1, next);
         }
-        if this == 0 {
-            barrier_0.arrive_and_wait();
-        } else {
-            barrier_1.arrive_and_wait();
-        }
+        wait_round(&barrier_0, &barrier_1, this);
         if active {
             causal_products::<F, W>(
                 def,
@@ -249,10 +221,10 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
 
     // The gate matrix over this lane's entries of S: the row maxima of log D over s ≤ t and
     // their first column.
-    let mut max_top = f32::new(BELOW);
-    let mut max_bottom = f32::new(BELOW);
-    let mut arg_top = u32::new(SCORE_MAX_LEN as i64);
-    let mut arg_bottom = u32::new(SCORE_MAX_LEN as i64);
+    let mut max_top = 0.0f32;
+    let mut max_bottom = 0.0f32;
+    let mut arg_top = 0u32;
+    let mut arg_bottom = 0u32;
     let mut stab_top = 0.0f32;
     let mut stab_bottom = 0.0f32;
     let mut start_top = 0.0f32;
@@ -268,54 +240,12 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
         qn0_top += plane_shuffle_xor(qn0_top, 2);
         qn0_bottom += plane_shuffle_xor(qn0_bottom, 1);
         qn0_bottom += plane_shuffle_xor(qn0_bottom, 2);
-        #[unroll]
-        for nt in 0..TILES_N {
-            if nt / 2 <= plane {
-                #[unroll]
-                for i in 0..nc {
-                    #[unroll]
-                    for e in 0..sc {
-                        let (r, col) = def.position_of_nth(
-                            lane,
-                            (i * sc + e) as u32,
-                            MatrixIdent::Accumulator,
-                        );
-                        let t = row0 + r as usize;
-                        let s = nt * MMA_N + col as usize;
-                        if s <= t {
-                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
-                            // Columns rise with (nt, e) within a lane: `>` keeps the first.
-                            if r < 8 {
-                                if log_d > max_top {
-                                    max_top = log_d;
-                                    arg_top = s as u32;
-                                }
-                            } else if log_d > max_bottom {
-                                max_bottom = log_d;
-                                arg_bottom = s as u32;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        // Across the group's four lanes: the larger maximum, at a tie the first column.
-        #[unroll]
-        for step in 0..2u32 {
-            let mask = 1u32 << step;
-            let other = plane_shuffle_xor(max_top, mask);
-            let other_arg = plane_shuffle_xor(arg_top, mask);
-            if other > max_top || (other == max_top && other_arg < arg_top) {
-                max_top = other;
-                arg_top = other_arg;
-            }
-            let other = plane_shuffle_xor(max_bottom, mask);
-            let other_arg = plane_shuffle_xor(arg_bottom, mask);
-            if other > max_bottom || (other == max_bottom && other_arg < arg_bottom) {
-                max_bottom = other;
-                arg_bottom = other_arg;
-            }
-        }
+        let (found_top, found_arg_top, found_bottom, found_arg_bottom) =
+            row_maxima(def, &f_cum, &i_log, row0, plane);
+        max_top = found_top;
+        arg_top = found_arg_top;
+        max_bottom = found_bottom;
+        arg_bottom = found_arg_bottom;
         if t_top < len {
             start_top = log_start[gate_base + t_top];
         }
@@ -326,47 +256,17 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
         stab_bottom = max_bottom.max(start_bottom);
 
         // P = S/sqrt(DQK) ∘ e^{log D - stab} in place, and its row sums.
-        let mut sum_top = 0.0f32;
-        let mut sum_bottom = 0.0f32;
-        #[unroll]
-        for nt in 0..TILES_N {
-            if nt / 2 <= plane {
-                #[unroll]
-                for i in 0..nc {
-                    let mut value = scores[nt * nc + i];
-                    #[unroll]
-                    for e in 0..sc {
-                        let (r, col) = def.position_of_nth(
-                            lane,
-                            (i * sc + e) as u32,
-                            MatrixIdent::Accumulator,
-                        );
-                        let t = row0 + r as usize;
-                        let s = nt * MMA_N + col as usize;
-                        let mut p = 0.0f32;
-                        if s <= t {
-                            let mut stab = stab_top;
-                            if r >= 8 {
-                                stab = stab_bottom;
-                            }
-                            let log_d = f_cum[t] - f_cum[s] + i_log[s];
-                            p = value[e] * scale * (log_d - stab).exp();
-                        }
-                        value[e] = p;
-                        if r < 8 {
-                            sum_top += p;
-                        } else {
-                            sum_bottom += p;
-                        }
-                    }
-                    scores[nt * nc + i] = value;
-                }
-            }
-        }
-        sum_top += plane_shuffle_xor(sum_top, 1);
-        sum_top += plane_shuffle_xor(sum_top, 2);
-        sum_bottom += plane_shuffle_xor(sum_bottom, 1);
-        sum_bottom += plane_shuffle_xor(sum_bottom, 2);
+        let (sum_top, sum_bottom) = probabilities_in_place(
+            def,
+            &mut scores,
+            &f_cum,
+            &i_log,
+            row0,
+            plane,
+            stab_top,
+            stab_bottom,
+            scale,
+        );
         gain_top = (start_top - stab_top).exp();
         gain_bottom = (start_bottom - stab_bottom).exp();
         qn_top = sum_top + gain_top * qn0_top;
@@ -442,17 +342,9 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
                 &mut h_tiles,
                 rows,
             );
-            if next == 0 {
-                barrier_0.commit_copy_async();
-            } else {
-                barrier_1.commit_copy_async();
-            }
+            commit_round(&barrier_0, &barrier_1, next);
         }
-        if this == 0 {
-            barrier_0.arrive_and_wait();
-        } else {
-            barrier_1.arrive_and_wait();
-        }
+        wait_round(&barrier_0, &barrier_1, this);
         if active {
             causal_products::<F, W>(
                 def,
@@ -558,7 +450,7 @@ pub(crate) fn score_grads_mma_kernel<F: Float, W: Size>(
                                 arg = arg_bottom;
                                 to_max = to_max_bottom;
                             }
-                            let a = (f_cum[t] - f_cum[s] + i_log[s] - stab).exp();
+                            let a = (log_gate(&f_cum, &i_log, t, s) - stab).exp();
                             let dp = g[e] * inv + dqn;
                             grad = dp * a;
                             dlog = dp * p[e];
@@ -742,19 +634,7 @@ fn write_rows<F: Float, W: Size>(
     }
     // Protects: this plane's rows are in shared memory before its units write them out.
     sync_plane();
-    let lane = UNIT_POS_X as usize;
-    let per_row = comptime!(SCORE_MAX_LEN / width);
-    #[unroll]
-    for i in 0..comptime!((MMA_M * SCORE_MAX_LEN / width).div_ceil(PLANE)) {
-        let e = lane + i * PLANE;
-        let r = e / per_row;
-        let off = (e % per_row) * width;
-        let t = row0 + r;
-        if r < MMA_M && t < len && off < len {
-            out[(base + t * row_len + off) / width] =
-                stage[t * comptime!(PITCH / width) + off / width];
-        }
-    }
+    write_plane_rows::<F, W>(stage, out, base, row_len, row0, len, 0, len, width);
 }
 
 /// Issues the `cp.async` copies of one round: entries `first..first + SLICE` of the chunk's

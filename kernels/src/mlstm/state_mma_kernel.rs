@@ -24,8 +24,8 @@ use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
 use super::mma_tiles::{
-    load_x4, register_fragment_sizes, stage_async, store_x4, FragA, FragB, FragC, MMA_K, MMA_M,
-    MMA_N, PITCH, PLANE,
+    commit_round, load_x4, register_fragment_sizes, stage_async, store_x4, wait_round, FragA,
+    FragB, FragC, MMA_K, MMA_M, MMA_N, PITCH, PLANE,
 };
 
 /// Side of the square state tile of one cube (rows of `DQK`, columns of `DV`).
@@ -291,11 +291,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
                 &mut wn_tiles,
                 len,
             );
-            if this == 1 {
-                barrier_0.commit_copy_async();
-            } else {
-                barrier_1.commit_copy_async();
-            }
+            commit_round(&barrier_0, &barrier_1, 1 - this);
         }
         // The chunk-start tile, rounded to the inputs' type, into shared memory: per `stmatrix`
         // two fragments side by side (four 8 × 8 matrices).
@@ -327,11 +323,7 @@ pub(crate) fn chunk_states_mma_kernel<F: Float, W: Size>(
         }
         // Protects: this round's copies have landed and its zero fills are seen, and the
         // outgoing tile is complete, before any unit reads them (every unit arrives).
-        if this == 0 {
-            barrier_0.arrive_and_wait();
-        } else {
-            barrier_1.arrive_and_wait();
-        }
+        wait_round(&barrier_0, &barrier_1, this);
         let x_at = this * round;
 
         // The chunk-start tile out, a row of W entries per access.
