@@ -1,6 +1,6 @@
 //! The chunkwise mLSTM forward as batched matrix products: TFLA's algorithm (Beck et al. 2025)
-//! written with the backend's ops, in three backend primitives: the stabiliser over chunks
-//! ([`MlstmBackend::mlstm_stabiliser_scan`]), the chunk-boundary states
+//! written with the backend's ops, in three backend primitives: the gates with the stabiliser
+//! over chunks ([`MlstmBackend::mlstm_forward_gates`]), the chunk-boundary states
 //! ([`MlstmBackend::mlstm_chunk_states`]: `Kᵀ V` per chunk, then the linear scan
 //! [`MlstmBackend::mlstm_chunk_scan`], likewise `n`) and the outputs of every chunk from its start state
 //! ([`MlstmBackend::mlstm_chunk_outputs`]: `Q Kᵀ`, the gate matrix
