@@ -3,7 +3,8 @@
 //!
 //! `cargo test -p xlstm-kernels --features wgpu` runs them on wgpu (lavapipe in CI). Built with
 //! `cuda` too, they run on every compiled backend; `XLSTM_KERNEL_BACKENDS=cuda` (or `wgpu`)
-//! picks one, `XLSTM_KERNEL_TESTS_LARGE=1` adds large shapes (for a GPU).
+//! picks one, `XLSTM_KERNEL_TESTS_LARGE=1` adds large shapes (for a GPU), `XLSTM_TEST_HALF=f16`
+//! runs the half-type cases in f16 where the backend also has bf16 (CUDA).
 #![cfg(feature = "cube")]
 
 use burn::backend::{Autodiff, NdArray};
@@ -351,11 +352,16 @@ fn cast_inputs<B: Backend>(x: MlstmInputs<B>, dtype: DType) -> MlstmInputs<B> {
 }
 
 /// The half type that bf16-rounded problems run in: bf16 where the backend has it, else f16
-/// (WGSL, e.g. lavapipe; bf16-rounded values of these magnitudes are exact in f16).
+/// (WGSL, e.g. lavapipe; bf16-rounded values of these magnitudes are exact in f16); f16 alone
+/// where `XLSTM_TEST_HALF=f16` asks for it.
 fn half_type<B: Backend>(dev: &B::Device) -> Option<DType> {
-    [DType::BF16, DType::F16]
-        .into_iter()
-        .find(|&t| B::supports_dtype(dev, t))
+    let f16_only = std::env::var("XLSTM_TEST_HALF").is_ok_and(|v| v == "f16");
+    let types: &[DType] = if f16_only {
+        &[DType::F16]
+    } else {
+        &[DType::BF16, DType::F16]
+    };
+    types.iter().copied().find(|&t| B::supports_dtype(dev, t))
 }
 
 fn bf16_chunkwise<B: MlstmBackend>(dev: &B::Device) {
