@@ -96,6 +96,33 @@ fn time_like_do_bench<B: Backend>(
     (median(per_call), median(host))
 }
 
+/// The row of `what` timed by [`time_like_do_bench`] with `[reps, inner]`, printed as it is
+/// measured (no time where `f` panics: a shape or dtype the path does not take).
+fn do_bench_row<B: Backend>(
+    backend: &'static str,
+    what: String,
+    peer: &'static str,
+    dev: &B::Device,
+    [reps, inner]: [usize; 2],
+    f: impl FnMut(),
+) -> Row {
+    let timed = catch_unwind(AssertUnwindSafe(|| {
+        time_like_do_bench::<B>(dev, reps, inner, f)
+    }))
+    .ok();
+    let what = format!("{what}, do_bench method");
+    println!("{backend} {what}: {timed:?} ms (per call, host)");
+    Row {
+        backend,
+        what: format!(
+            "{what} (host {:.3} ms per call)",
+            timed.map_or(f64::NAN, |t| t.1)
+        ),
+        ms: timed.map(|t| t.0),
+        peer,
+    }
+}
+
 /// Whether `MLSTM_BENCH_BACK_TO_BACK=1` asks for the forwards timed ten per sync.
 fn back_to_back() -> bool {
     std::env::var("MLSTM_BENCH_BACK_TO_BACK").is_ok_and(|v| v == "1")
@@ -206,23 +233,17 @@ fn run<B: MlstmBackend>(
                     });
                 }
                 if fw_dtype == dtype {
-                    let timed = catch_unwind(AssertUnwindSafe(|| {
-                        time_like_do_bench::<B>(dev, 11, 10, || {
-                            let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
-                        })
-                    }))
-                    .ok();
-                    let what = format!("fw {name} {fw_name} chunk {chunk}, do_bench method");
-                    println!("{backend} {what}: {timed:?} ms (per call, host)");
-                    rows.push(Row {
+                    let what = format!("fw {name} {fw_name} chunk {chunk}");
+                    rows.push(do_bench_row::<B>(
                         backend,
-                        what: format!(
-                            "{what} (host {:.3} ms per call)",
-                            timed.map_or(f64::NAN, |t| t.1)
-                        ),
-                        ms: timed.map(|t| t.0),
+                        what,
                         peer,
-                    });
+                        dev,
+                        [11, 10],
+                        || {
+                            let _ = B::mlstm_chunkwise(&x, None, chunk).unwrap();
+                        },
+                    ));
                 }
             }
 
@@ -249,24 +270,11 @@ fn run<B: MlstmBackend>(
                 ms: fwbw,
                 peer: "",
             });
-            let timed = catch_unwind(AssertUnwindSafe(|| {
-                time_like_do_bench::<B>(dev, 5, 5, || {
-                    let (h, _) = Autodiff::<B>::mlstm_chunkwise(&xa, None, chunk).unwrap();
-                    let _ = h.sum().backward();
-                })
-            }))
-            .ok();
-            let what = format!("fw+bw {name} {dname} chunk {chunk}, do_bench method");
-            println!("{backend} {what}: {timed:?} ms (per call, host)");
-            rows.push(Row {
-                backend,
-                what: format!(
-                    "{what} (host {:.3} ms per call)",
-                    timed.map_or(f64::NAN, |t| t.1)
-                ),
-                ms: timed.map(|t| t.0),
-                peer,
-            });
+            let what = format!("fw+bw {name} {dname} chunk {chunk}");
+            rows.push(do_bench_row::<B>(backend, what, peer, dev, [5, 5], || {
+                let (h, _) = Autodiff::<B>::mlstm_chunkwise(&xa, None, chunk).unwrap();
+                let _ = h.sum().backward();
+            }));
         }
 
         if n == 0 && reference {

@@ -141,7 +141,8 @@ fn group_backward<B: MlstmBackend>(
     // The token of each chunk's max_s log w_s, where that maximum sends its gradient (burn's
     // argmax, as `max_dim_with_indices` takes it).
     let w_arg = log_w.clone().argmax(3); // [B, NH, NC, 1]
-                                         // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
+
+    // The stabilisers m, recurrently, then C and n as a linear scan over the chunks.
     let (m_all, decay, _) = B::mlstm_stabiliser_scan(
         f_last.clone().reshape([b * nh, nc]),
         m_loc.clone().reshape([b * nh, nc]),
@@ -207,9 +208,10 @@ fn group_backward<B: MlstmBackend>(
         work,
     );
     let g = gain; // e^{m₀+F_t-stab_t}, [B, NH, NC, L]
-                  // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
-                  // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key
-                  // scale on the product only.
+
+    // dq = (dP∘A) K / sqrt(DQK) + g (dnum C₀ᵀ + dqn n₀ᵀ), and dg_t = q_t C₀·dnum_t + dqn_t q_t·n₀
+    // as q_t·(dnum_t C₀ᵀ + dqn_t n₀) (the same rows); (a + (g / scale) u) · scale: the key scale
+    // on the product only.
     let (dq, dg) = B::mlstm_gradient_products(
         GradientProducts {
             pairs: ds.clone(),

@@ -23,6 +23,50 @@ pub(crate) fn chunk_of_row(#[comptime] per_cube: usize) -> usize {
     cube * per_cube + UNIT_POS_Y as usize
 }
 
+/// `(ĩ, log σ(f̃))` of `token` in the pre-activations' row at `at_i`, `at_f` (offsets of its
+/// batch entry and head); a padding token (`real` false) leaves the memory as it is:
+/// `ĩ = M_EMPTY`, `log f = 0`, as the reference pads.
+#[cube]
+pub(crate) fn token_gates<F: Float>(
+    i_pre: &Tensor<F>,
+    f_pre: &Tensor<F>,
+    at_i: usize,
+    at_f: usize,
+    token: usize,
+    real: bool,
+) -> (f32, f32) {
+    let mut li = f32::new(-1.0e30); // M_EMPTY
+    let mut lf = 0.0f32;
+    if real {
+        li = f32::cast_from(i_pre[at_i + token * i_pre.stride(2)]);
+        let x = f32::cast_from(f_pre[at_f + token * f_pre.stride(2)]);
+        // log σ(x) = min(x, 0) - log(1 + e^{-|x|}): neither branch overflows.
+        lf = x.min(0.0) - (-x.abs()).exp().log1p();
+    }
+    (li, lf)
+}
+
+/// `(F_t, Σ_{u>t} log f_u)` of token `t` of the chunk whose `log f` are
+/// `f_log[base..base + l]`: `F_t` in token order and the sum after `t` from the last token
+/// down, as one unit walking the chunk forward and then back sums them.
+#[cube]
+pub(crate) fn chunk_sums(
+    f_log: &SharedMemory<f32>,
+    base: usize,
+    t: usize,
+    #[comptime] l: usize,
+) -> (f32, f32) {
+    let mut before = 0.0f32;
+    for u in 0..t + 1 {
+        before += f_log[base + u];
+    }
+    let mut after = 0.0f32;
+    for r in 0..l - 1 - t {
+        after += f_log[base + l - 1 - r];
+    }
+    (before, after)
+}
+
 /// Chunk `g = (b · NH + h) · NC + c` is row `g % per_cube` of cube `g / per_cube`
 /// ([`chunk_of_row`]); the pre-activations in any strides, the outputs contiguous
 /// `[G, L]` and `[G]`. Cube: `min(l, GATE_UNITS) × per_cube` units.
@@ -56,14 +100,7 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
     let step = CUBE_DIM_X as usize;
     for t in range_stepped(first, l, step) {
         let token = c * l + t;
-        let mut li = f32::new(-1.0e30); // M_EMPTY
-        let mut lf = 0.0f32;
-        if inside && token < s {
-            li = f32::cast_from(i_pre[at_i + token * i_pre.stride(2)]);
-            let x = f32::cast_from(f_pre[at_f + token * f_pre.stride(2)]);
-            // log σ(x) = min(x, 0) - log(1 + e^{-|x|}): neither branch overflows.
-            lf = x.min(0.0) - (-x.abs()).exp().log1p();
-        }
+        let (li, lf) = token_gates(i_pre, f_pre, at_i, at_f, token, inside && token < s);
         if inside {
             log_i[g * l + t] = li;
             log_f[g * l + t] = lf;
@@ -73,16 +110,7 @@ pub(crate) fn chunk_gates_kernel<F: Float>(
     // Protects: the chunk's log f are all in shared memory before the sums read them.
     sync_cube();
     for t in range_stepped(first, l, step) {
-        // F_t in token order, and the sum after t from the last token down, as one unit
-        // walking the chunk forward and then back sums them.
-        let mut before = 0.0f32;
-        for u in 0..t + 1 {
-            before += f_log[row * l + u];
-        }
-        let mut after = 0.0f32;
-        for r in 0..l - 1 - t {
-            after += f_log[row * l + l - 1 - r];
-        }
+        let (before, after) = chunk_sums(&f_log, row * l, t, l);
         let mut lw = 0.0f32;
         if inside {
             lw = log_i[g * l + t] + after;

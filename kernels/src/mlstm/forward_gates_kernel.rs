@@ -19,7 +19,7 @@
 
 use cubecl::prelude::*;
 
-use super::chunk_gates_kernel::GATE_UNITS;
+use super::chunk_gates_kernel::{chunk_sums, token_gates, GATE_UNITS};
 
 /// Units per cube: the rounds take as many chunks as fill it.
 pub(crate) const FORWARD_GATE_UNITS: usize = 1024;
@@ -88,14 +88,7 @@ pub(crate) fn forward_gates_kernel<F: Float>(
             // 1. The pre-activations.
             for t in range_stepped(first, l, step) {
                 let token = c * l + t;
-                let mut li = f32::new(-1.0e30); // M_EMPTY
-                let mut lf = 0.0f32;
-                if inside && token < s {
-                    li = f32::cast_from(i_pre[at_i + token * i_pre.stride(2)]);
-                    let x = f32::cast_from(f_pre[at_f + token * f_pre.stride(2)]);
-                    // log σ(x) = min(x, 0) - log(1 + e^{-|x|}): neither branch overflows.
-                    lf = x.min(0.0) - (-x.abs()).exp().log1p();
-                }
+                let (li, lf) = token_gates(i_pre, f_pre, at_i, at_f, token, inside && token < s);
                 if inside {
                     log_i[g * l + t] = li;
                     log_f[g * l + t] = lf;
@@ -107,14 +100,7 @@ pub(crate) fn forward_gates_kernel<F: Float>(
             sync_cube();
             // 2. F_t in token order, and the sum after t from the last token down.
             for t in range_stepped(first, l, step) {
-                let mut before = 0.0f32;
-                for u in 0..t + 1 {
-                    before += f_log[row * l + u];
-                }
-                let mut after = 0.0f32;
-                for v in 0..l - 1 - t {
-                    after += f_log[row * l + l - 1 - v];
-                }
+                let (before, after) = chunk_sums(&f_log, row * l, t, l);
                 f_sum[row * l + t] = before;
                 w_log[row * l + t] = i_log[row * l + t] + after;
             }
