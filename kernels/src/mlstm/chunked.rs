@@ -1,6 +1,7 @@
-//! The inputs of the chunkwise form split into chunks of `L` tokens, as the tensor-op forward
-//! (`chunk_matmul.rs`) and backward (`backward.rs`) both read them, with the gates of every
-//! chunk ([`ChunkGates`]), and the batch groups they run in. The sums of `log f` within a chunk
+//! The inputs of the chunkwise form split into chunks of `L` tokens ([`chunks`]; the tensor-op
+//! forward, `chunk_matmul.rs`, reads them so), with the gates of every chunk ([`ChunkGates`]:
+//! all of them together in [`Chunked`], as the backward, `backward.rs`, reads them; the forward
+//! takes its own through `mlstm_forward_gates`), and the batch groups they run in. The sums of `log f` within a chunk
 //! are the reference's (`xlstm_cells::mlstm::segment_sums`).
 
 use burn::tensor::{backend::Backend, DType, Tensor};
